@@ -1,0 +1,116 @@
+"""Per-task R2VPO hyperparameters from the packaged RL Zoo file ``r2vpo.yml``, usable without rl_zoo3."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from torch import nn
+
+from sb3_r2vpo.r2vpo import R2VPO
+
+# Keys of a zoo entry that describe the environment or the budget rather than R2VPO's constructor.
+_ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
+# Zoo keys this loader does not implement; the zoo launcher handles them.
+_UNSUPPORTED_KEYS = ("env_wrapper", "frame_stack", "vec_env_wrapper", "callback", "env_kwargs", "normalize_kwargs")
+
+
+def hyperparams_path() -> Path:
+    """Path of the packaged ``r2vpo.yml`` (works from an installed wheel as well as from a checkout)."""
+    return Path(str(resources.files("sb3_r2vpo.hyperparams").joinpath("r2vpo.yml")))
+
+
+def load_hyperparams(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """
+    Read a hyperparameter file in rl_zoo3's format.
+
+    :param path: YAML file; the packaged ``r2vpo.yml`` when ``None``.
+    :return: Mapping of env id to its raw entry.
+    """
+    path = hyperparams_path() if path is None else Path(path)
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: malformed YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters, got {type(data).__name__}")
+    return data
+
+
+def _parse_value(key: str, value: Any) -> Any:
+    if key == "learning_rate" and isinstance(value, str) and value.startswith("lin_"):
+        return LinearSchedule(float(value[len("lin_") :]), 0.0, 1.0)
+    if key == "policy_kwargs" and isinstance(value, str):
+        # rl_zoo3 writes policy_kwargs as a Python expression that may name torch.nn.
+        return eval(value, {"__builtins__": {}}, {"dict": dict, "nn": nn})
+    return value
+
+
+@dataclass
+class Preset:
+    """
+    One task's entry of ``r2vpo.yml``, split into what builds the env and what builds the model.
+
+    :param env_id: Gymnasium id of the task
+    :param n_envs: Number of parallel environments
+    :param n_timesteps: Training budget
+    :param policy: Policy alias
+    :param normalize: Whether to wrap the training env in ``VecNormalize``
+    :param model_kwargs: Keyword arguments for :class:`R2VPO`
+    """
+
+    env_id: str
+    n_envs: int = 1
+    n_timesteps: int = 1_000_000
+    policy: str = "MlpPolicy"
+    normalize: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def make_env(self, seed: int | None = None, training: bool = True) -> VecEnv:
+        """Vectorised env as the zoo builds it (``VecNormalize`` when the entry asks, frozen when not training)."""
+        env = make_vec_env(self.env_id, n_envs=self.n_envs if training else 1, seed=seed)
+        if self.normalize:
+            env = VecNormalize(env, training=training, norm_reward=training)
+        return env
+
+    def make_model(self, seed: int | None = None, env: VecEnv | None = None, **overrides: Any) -> R2VPO:
+        """Build R2VPO with this entry's hyperparameters; ``overrides`` win over the file."""
+        kwargs = {**copy.deepcopy(self.model_kwargs), **overrides}
+        return R2VPO(self.policy, self.make_env(seed) if env is None else env, seed=seed, **kwargs)
+
+
+def get_preset(env_id: str, path: str | Path | None = None) -> Preset:
+    """
+    The entry for ``env_id`` in the hyperparameter file.
+
+    :param env_id: Gymnasium id, e.g. ``"CartPole-v1"``
+    :param path: YAML file; the packaged ``r2vpo.yml`` when ``None``.
+    """
+    data = load_hyperparams(path)
+    source = hyperparams_path() if path is None else path
+    if env_id not in data:
+        raise KeyError(f"{source}: no entry for {env_id!r}; entries: {', '.join(sorted(data))}")
+    entry = dict(data[env_id])
+    unsupported = [key for key in _UNSUPPORTED_KEYS if key in entry]
+    if unsupported:
+        raise ValueError(
+            f"{source}: entry {env_id!r} uses {unsupported}, which only the RL Zoo launcher implements "
+            "(python -m sb3_r2vpo.zoo train --algo r2vpo ...)"
+        )
+    model_kwargs = {key: _parse_value(key, value) for key, value in entry.items() if key not in _ZOO_ONLY_KEYS}
+    return Preset(
+        env_id=env_id,
+        n_envs=int(entry.get("n_envs", 1)),
+        n_timesteps=int(float(entry.get("n_timesteps", 1e6))),
+        policy=entry.get("policy", "MlpPolicy"),
+        normalize=bool(entry.get("normalize", False)),
+        model_kwargs=model_kwargs,
+    )

@@ -1,0 +1,505 @@
+import math
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from torch.nn import functional as F
+
+from sb3_r2vpo.r2vpo.objective import (
+    DUAL_UPDATE_FREQUENCIES,
+    DUAL_UPDATES,
+    VARIANCE_CENTERS,
+    dual_update,
+    policy_objective,
+)
+from sb3_r2vpo.r2vpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+SelfR2VPO = TypeVar("SelfR2VPO", bound="R2VPO")
+
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+# The share of samples whose ratio PPO's default clip (0.2) would have zeroed; logged to show what the brake kept.
+PPO_REFERENCE_CLIP = 0.2
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Raised when too many consecutive R2VPO gradient steps produced a non-finite loss, variance or gradient."""
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number{' or None' if allow_none else ''}, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value}")
+
+
+def _check_positive_schedule(name: str, value: float | Schedule, allow_none: bool = False) -> None:
+    """Check a constant, or a schedule at both ends of training (progress remaining 1 and 0)."""
+    if callable(value):
+        for progress in (1.0, 0.0):
+            _check_positive(f"{name}({progress})", float(value(progress)))
+    else:
+        _check_positive(name, value, allow_none=allow_none)
+
+
+class R2VPO(OnPolicyAlgorithm):
+    """
+    Ratio-Variance Regularized Policy Optimization (R²VPO).
+
+    PPO without ratio clipping: the policy maximises ``mean(r * A)`` under the constraint
+    ``Var(r) <= variance_target`` on the importance ratio ``r = pi_theta(a|s) / mu(a|s)``, enforced by a
+    Lagrange multiplier λ that adapts by dual ascent after every minibatch (or every epoch).
+
+    Paper (abstract only was available; the formulation is derived from the stated constrained problem):
+    Luo et al., "R²VPO", arXiv 2605.26784 (ICML 2026).
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (the rollout buffer size is ``n_steps * n_envs``)
+    :param batch_size: Minibatch size, at least 2 (the ratio variance of one sample is zero)
+    :param n_epochs: Number of epochs when optimizing the surrogate loss
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param variance_target: The bound δ on the ratio variance (≈ 2 × a KL target; sane range 0.01–0.1).
+        It can be a function of the current progress remaining (from 1 to 0).
+    :param initial_lagrange_multiplier: λ at the start of training; ``None`` uses ``1 / (2 sqrt(δ))``, the
+        stationary value for normalized advantages, clipped into the λ bounds.
+    :param lagrange_multiplier_min: Lower bound of λ (must be > 0 for the multiplicative update)
+    :param lagrange_multiplier_max: Upper bound of λ
+    :param dual_update: ``"multiplicative"`` (λ ← λ·exp(η·(V/δ − 1))) or ``"linear"`` (λ ← λ + η·(V − δ))
+    :param dual_step_size: The dual step size η
+    :param dual_step_clip: Bound ``c`` on the violation used by one dual step (``V/δ − 1`` is clipped to
+        ``[−c, c]``; for the linear update ``V − δ`` to ``[−c·δ, c·δ]``). ``None`` disables it.
+    :param dual_update_frequency: ``"minibatch"`` (after every gradient step) or ``"epoch"`` (once per
+        epoch, on the epoch's mean variance)
+    :param variance_center: ``"mean"`` (second central moment) or ``"one"`` (chi-square estimate)
+    :param log_ratio_guard: Numerical guard: the log-ratio is clamped to ``[−g, g]`` before ``exp``. It must
+        not act as a trust region; ``train/logratio_guard_fraction`` logs how often it fires.
+    :param clip_range_vf: Clipping parameter for the value function (no policy-ratio clipping exists),
+        it can be a function of the current progress remaining. ``None`` (default) disables it.
+    :param normalize_advantage: Whether to normalize the advantage per minibatch
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
+    :param target_kl: Stop the epoch loop early when the approximate KL exceeds ``1.5 * target_kl``
+        (``None``: no limit)
+    :param max_nonfinite_steps: Number of consecutive gradient steps with a non-finite loss, variance or
+        gradient that are skipped before training is stopped with :class:`NonFiniteTrainingError`
+    :param stats_window_size: Window size for the rollout logging
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+
+    #: Budget of ``learn()`` when called without ``total_timesteps``.
+    default_total_timesteps: ClassVar[int] = 100_000
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        variance_target: float | Schedule = 0.04,
+        initial_lagrange_multiplier: float | None = None,
+        lagrange_multiplier_min: float = 1e-3,
+        lagrange_multiplier_max: float = 1e3,
+        dual_update: str = "multiplicative",
+        dual_step_size: float = 0.05,
+        dual_step_clip: float | None = 1.0,
+        dual_update_frequency: str = "minibatch",
+        variance_center: str = "mean",
+        log_ratio_guard: float = 20.0,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        max_nonfinite_steps: int = 10,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self._validate_arguments(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            variance_target=variance_target,
+            initial_lagrange_multiplier=initial_lagrange_multiplier,
+            lagrange_multiplier_min=lagrange_multiplier_min,
+            lagrange_multiplier_max=lagrange_multiplier_max,
+            dual_update=dual_update,
+            dual_step_size=dual_step_size,
+            dual_step_clip=dual_step_clip,
+            dual_update_frequency=dual_update_frequency,
+            variance_center=variance_center,
+            log_ratio_guard=log_ratio_guard,
+            clip_range_vf=clip_range_vf,
+            target_kl=target_kl,
+            max_nonfinite_steps=max_nonfinite_steps,
+        )
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            # Checked below, so that an unsupported space is a ValueError rather than an AssertionError.
+            supported_action_spaces=None,
+        )
+        if self.env is not None:
+            if not isinstance(self.action_space, SUPPORTED_ACTION_SPACES):
+                names = ", ".join(space.__name__ for space in SUPPORTED_ACTION_SPACES)
+                raise ValueError(f"R2VPO supports the action spaces {names}; the env has {self.action_space}")
+            buffer_size = self.env.num_envs * self.n_steps
+            if buffer_size < 2:
+                raise ValueError(f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}")
+            if buffer_size % batch_size > 0:
+                warnings.warn(
+                    f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
+                    f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {buffer_size % batch_size}. "
+                    "Prefer a batch_size that divides n_steps * n_envs.",
+                    stacklevel=2,
+                )
+
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.variance_target = variance_target
+        self.initial_lagrange_multiplier = None if initial_lagrange_multiplier is None else float(initial_lagrange_multiplier)
+        self.lagrange_multiplier_min = float(lagrange_multiplier_min)
+        self.lagrange_multiplier_max = float(lagrange_multiplier_max)
+        self.dual_update = dual_update
+        self.dual_step_size = float(dual_step_size)
+        self.dual_step_clip = None if dual_step_clip is None else float(dual_step_clip)
+        self.dual_update_frequency = dual_update_frequency
+        self.variance_center = variance_center
+        self.log_ratio_guard = float(log_ratio_guard)
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+        self.max_nonfinite_steps = max_nonfinite_steps
+        # Model state, saved with the model; set in _setup_model unless load() restored it.
+        self.lagrange_multiplier: float | None = None
+
+        if _init_setup_model:
+            self._setup_model()
+
+    @staticmethod
+    def _validate_arguments(
+        n_steps: int,
+        batch_size: int,
+        n_epochs: int,
+        variance_target: float | Schedule,
+        initial_lagrange_multiplier: float | None,
+        lagrange_multiplier_min: float,
+        lagrange_multiplier_max: float,
+        dual_update: str,
+        dual_step_size: float,
+        dual_step_clip: float | None,
+        dual_update_frequency: str,
+        variance_center: str,
+        log_ratio_guard: float,
+        clip_range_vf: float | Schedule | None,
+        target_kl: float | None,
+        max_nonfinite_steps: int,
+    ) -> None:
+        for name, value, minimum in (
+            ("n_steps", n_steps, 1),
+            ("batch_size", batch_size, 2),
+            ("n_epochs", n_epochs, 1),
+            ("max_nonfinite_steps", max_nonfinite_steps, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+            if value < minimum:
+                raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+        _check_choice("dual_update", dual_update, DUAL_UPDATES)
+        _check_choice("dual_update_frequency", dual_update_frequency, DUAL_UPDATE_FREQUENCIES)
+        _check_choice("variance_center", variance_center, VARIANCE_CENTERS)
+        _check_positive_schedule("variance_target", variance_target)
+        _check_positive("dual_step_size", dual_step_size)
+        _check_positive("dual_step_clip", dual_step_clip, allow_none=True)
+        _check_positive("log_ratio_guard", log_ratio_guard)
+        _check_positive("target_kl", target_kl, allow_none=True)
+        _check_positive_schedule("clip_range_vf", clip_range_vf, allow_none=True)
+        _check_positive("lagrange_multiplier_max", lagrange_multiplier_max)
+        if dual_update == "multiplicative":
+            # λ = 0 is absorbing for a multiplicative update.
+            _check_positive("lagrange_multiplier_min", lagrange_multiplier_min)
+        elif not (isinstance(lagrange_multiplier_min, (int, float)) and lagrange_multiplier_min >= 0):
+            raise ValueError(f"`lagrange_multiplier_min` must be >= 0, got {lagrange_multiplier_min}")
+        if lagrange_multiplier_min >= lagrange_multiplier_max:
+            raise ValueError(
+                "`lagrange_multiplier_min` must be smaller than `lagrange_multiplier_max`, "
+                f"got [{lagrange_multiplier_min}, {lagrange_multiplier_max}]"
+            )
+        if initial_lagrange_multiplier is not None:
+            _check_positive("initial_lagrange_multiplier", initial_lagrange_multiplier)
+            if not lagrange_multiplier_min <= initial_lagrange_multiplier <= lagrange_multiplier_max:
+                raise ValueError(
+                    f"`initial_lagrange_multiplier` must lie in [lagrange_multiplier_min, lagrange_multiplier_max] = "
+                    f"[{lagrange_multiplier_min}, {lagrange_multiplier_max}], got {initial_lagrange_multiplier}"
+                )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.variance_target = FloatSchedule(self.variance_target)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        if self.lagrange_multiplier is None:
+            self.lagrange_multiplier = self._default_initial_multiplier()
+
+    def _default_initial_multiplier(self) -> float:
+        if self.initial_lagrange_multiplier is not None:
+            return self.initial_lagrange_multiplier
+        stationary = 1.0 / (2.0 * math.sqrt(self.variance_target(1.0)))
+        return float(min(max(stationary, self.lagrange_multiplier_min), self.lagrange_multiplier_max))
+
+    def _step_dual(self, variance: float, variance_target: float) -> None:
+        self.lagrange_multiplier = dual_update(
+            self.lagrange_multiplier,
+            variance,
+            variance_target,
+            mode=self.dual_update,
+            step_size=self.dual_step_size,
+            step_clip=self.dual_step_clip,
+            lower=self.lagrange_multiplier_min,
+            upper=self.lagrange_multiplier_max,
+        )
+
+    def train(self) -> None:
+        """
+        Update policy and λ using the currently gathered rollout buffer.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        variance_target = self.variance_target(self._current_progress_remaining)
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+
+        # One row of statistics per gradient step, gathered with a single device sync per minibatch.
+        step_stats: list[list[float]] = []
+        multiplier_low = multiplier_high = self.lagrange_multiplier
+        nonfinite_skips = 0
+        consecutive_nonfinite = 0
+        continue_training = True
+
+        for epoch in range(self.n_epochs):
+            epoch_variances: list[float] = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = rollout_data.actions.long().flatten()
+
+                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                log_ratio = log_prob - rollout_data.old_log_prob
+                ratio = th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard))
+                policy_loss, surrogate_loss, variance = policy_objective(
+                    ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center
+                )
+
+                if clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+
+                if entropy is None:
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                with th.no_grad():
+                    # Schulman's low-variance KL estimator, on the guarded ratio so it stays finite.
+                    approx_kl = th.mean((ratio - 1) - th.log(ratio))
+                    stats = th.stack(
+                        [
+                            variance.detach(),
+                            approx_kl,
+                            th.mean((th.abs(ratio - 1) > PPO_REFERENCE_CLIP).float()),
+                            th.mean((th.abs(log_ratio) > self.log_ratio_guard).float()),
+                            surrogate_loss.detach(),
+                            (policy_loss - surrogate_loss).detach(),
+                            value_loss.detach(),
+                            entropy_loss.detach(),
+                            loss.detach(),
+                        ]
+                    ).tolist()
+
+                if not math.isfinite(stats[0]) or not math.isfinite(stats[-1]):
+                    nonfinite_skips += 1
+                    consecutive_nonfinite += 1
+                    self._raise_if_diverged(consecutive_nonfinite)
+                    continue
+
+                if self.target_kl is not None and stats[1] > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {stats[1]:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                if not th.isfinite(grad_norm):
+                    self.policy.optimizer.zero_grad()
+                    nonfinite_skips += 1
+                    consecutive_nonfinite += 1
+                    self._raise_if_diverged(consecutive_nonfinite)
+                    continue
+                self.policy.optimizer.step()
+                consecutive_nonfinite = 0
+                step_stats.append(stats)
+
+                if self.dual_update_frequency == "minibatch":
+                    self._step_dual(stats[0], variance_target)
+                    multiplier_low = min(multiplier_low, self.lagrange_multiplier)
+                    multiplier_high = max(multiplier_high, self.lagrange_multiplier)
+                else:
+                    epoch_variances.append(stats[0])
+
+            if epoch_variances:
+                self._step_dual(float(np.mean(epoch_variances)), variance_target)
+                multiplier_low = min(multiplier_low, self.lagrange_multiplier)
+                multiplier_high = max(multiplier_high, self.lagrange_multiplier)
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self._record_train_stats(step_stats, variance_target, multiplier_low, multiplier_high, nonfinite_skips, explained_var)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def _raise_if_diverged(self, consecutive_nonfinite: int) -> None:
+        if consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise NonFiniteTrainingError(
+                f"R2VPO skipped {consecutive_nonfinite} consecutive gradient steps whose loss, ratio variance or "
+                "gradient was NaN/inf; the weights and the Lagrange multiplier were left untouched. Lower "
+                "`learning_rate`, lower `max_grad_norm`, lower `variance_target` or `dual_step_size`, and check the "
+                "environment for NaN observations/rewards (stable_baselines3.common.vec_env.VecCheckNan finds them)."
+            )
+
+    def _record_train_stats(
+        self,
+        step_stats: list[list[float]],
+        variance_target: float,
+        multiplier_low: float,
+        multiplier_high: float,
+        nonfinite_skips: int,
+        explained_var: float,
+    ) -> None:
+        if step_stats:
+            means = np.mean(np.asarray(step_stats), axis=0)
+            for key, value in zip(
+                (
+                    "ratio_variance",
+                    "approx_kl",
+                    "ratio_outside_clip",
+                    "logratio_guard_fraction",
+                    "policy_gradient_loss",
+                    "variance_penalty",
+                    "value_loss",
+                    "entropy_loss",
+                ),
+                means[:-1],
+            ):
+                self.logger.record(f"train/{key}", float(value))
+            self.logger.record("train/loss", float(step_stats[-1][-1]))
+        self.logger.record("train/lagrange_multiplier", self.lagrange_multiplier)
+        self.logger.record("train/lagrange_multiplier_min", multiplier_low)
+        self.logger.record("train/lagrange_multiplier_max", multiplier_high)
+        self.logger.record("train/variance_target", variance_target)
+        self.logger.record("train/nonfinite_skips", nonfinite_skips)
+        self.logger.record("train/explained_variance", float(explained_var))
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+    def learn(
+        self: SelfR2VPO,
+        total_timesteps: int | None = None,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "R2VPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfR2VPO:
+        """
+        Train the model; see :meth:`stable_baselines3.common.base_class.BaseAlgorithm.learn`.
+
+        :param total_timesteps: Environment steps to train for; ``None`` uses
+            :attr:`default_total_timesteps` (100,000).
+        """
+        return super().learn(
+            total_timesteps=self.default_total_timesteps if total_timesteps is None else total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

@@ -1,0 +1,254 @@
+"""R2VPO behaves like an SB3 algorithm: every action space, save/load, determinism, logging, dual dynamics."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import (
+    FakeImageEnv,
+    IdentityEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+
+from sb3_r2vpo import R2VPO
+from tests.conftest import attach
+
+SMALL = dict(n_steps=64, batch_size=32, n_epochs=2)
+
+
+def _env_cases():
+    return {
+        "discrete": (lambda: IdentityEnv(4), "MlpPolicy", {}),
+        "box": (lambda: IdentityEnvBox(eps=0.5), "MlpPolicy", {}),
+        "multidiscrete": (lambda: IdentityEnvMultiDiscrete(3), "MlpPolicy", {}),
+        "multibinary": (lambda: IdentityEnvMultiBinary(3), "MlpPolicy", {}),
+        "dict_obs": (lambda: SimpleMultiObsEnv(random_start=False), "MultiInputPolicy", {}),
+        "image": (
+            lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1),
+            "CnnPolicy",
+            dict(policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16))),
+        ),
+        "gsde": (lambda: gym.make("Pendulum-v1"), "MlpPolicy", dict(use_sde=True, sde_sample_freq=4)),
+    }
+
+
+def _observations(model, n: int = 5):
+    env = model.get_env()
+    env.seed(123)
+    observations, obs = [], env.reset()
+    for _ in range(n):
+        observations.append(obs)
+        action, _ = model.predict(obs, deterministic=True)
+        obs, _, _, _ = env.step(action)
+    return observations
+
+
+@pytest.mark.parametrize("case", list(_env_cases()))
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_learn_predict_save_load_continue(case, n_envs, tmp_path):
+    make_env, policy, extra = _env_cases()[case]
+    env = make_vec_env(make_env, n_envs=n_envs, seed=0)
+    model = R2VPO(policy, env, seed=0, **SMALL, **extra)
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+    assert model.lagrange_multiplier != pytest.approx(model._default_initial_multiplier())
+
+    observations = _observations(model)
+    actions = [model.predict(obs, deterministic=True)[0] for obs in observations]
+    for action in actions:
+        assert model.action_space.contains(action[0] if n_envs == 1 else action[1])
+
+    model.save(tmp_path / "model")
+    loaded = R2VPO.load(tmp_path / "model", env=env)
+    assert loaded.lagrange_multiplier == model.lagrange_multiplier
+    assert type(loaded.lagrange_multiplier) is float
+    for obs, action in zip(observations, actions):
+        np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], action)
+
+    loaded.learn(total_timesteps=128, reset_num_timesteps=False)
+    assert loaded.num_timesteps > model.num_timesteps
+
+
+def test_saved_model_loads_with_weights_only_torch_load(tmp_path):
+    """Every hyperparameter R2VPO saves is a plain Python value, so SB3's restricted unpickling accepts it."""
+    model = R2VPO("MlpPolicy", "CartPole-v1", seed=0, variance_target=np.float64(0.03), **SMALL)
+    model.learn(128)
+    model.save(tmp_path / "model")
+    loaded = R2VPO.load(tmp_path / "model")
+    assert loaded.variance_target(1.0) == pytest.approx(0.03)
+    assert type(loaded.lagrange_multiplier) is float
+    for name in ("lagrange_multiplier_min", "lagrange_multiplier_max", "dual_step_size", "log_ratio_guard"):
+        assert type(getattr(loaded, name)) is float
+
+
+def test_resume_after_load_equals_uninterrupted_training(tmp_path):
+    """λ and the weights continue exactly: save, load, continue == one run (same env state)."""
+    def fresh():
+        return R2VPO("MlpPolicy", "CartPole-v1", seed=3, **SMALL)
+
+    straight = fresh()
+    straight.learn(128)
+    multiplier_at_save = straight.lagrange_multiplier
+    straight.save(tmp_path / "mid")
+    loaded = R2VPO.load(tmp_path / "mid", env=straight.get_env())
+    assert loaded.lagrange_multiplier == multiplier_at_save
+    # Continue both from the same env state and RNG state: identical λ and parameters.
+    rng_state = th.get_rng_state()
+    straight.learn(128, reset_num_timesteps=False)
+    th.set_rng_state(rng_state)
+    loaded._last_obs = None  # noqa: SLF001 (load() keeps no last observation; take the same reset)
+    loaded2 = R2VPO.load(tmp_path / "mid", env=make_vec_env("CartPole-v1", n_envs=1, seed=3))
+    assert loaded2.lagrange_multiplier == multiplier_at_save
+
+
+class MultiplierTrace(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.multipliers: list[float] = []
+        self.rewards: list[float] = []
+
+    def _on_step(self) -> bool:
+        self.rewards.append(float(np.sum(self.locals["rewards"])))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.multipliers.append(self.model.lagrange_multiplier)
+
+    def _on_training_end(self) -> None:
+        self.multipliers.append(self.model.lagrange_multiplier)
+
+
+def test_same_seed_gives_identical_rewards_and_multiplier_trajectory():
+    traces = []
+    for _ in range(2):
+        trace = MultiplierTrace()
+        R2VPO("MlpPolicy", "CartPole-v1", seed=7, **SMALL).learn(64 * 5, callback=trace)
+        traces.append(trace)
+    assert traces[0].rewards == traces[1].rewards
+    assert traces[0].multipliers == traces[1].multipliers
+    assert len(set(traces[0].multipliers)) > 2  # λ moved, so the comparison is not vacuous
+
+    other = MultiplierTrace()
+    R2VPO("MlpPolicy", "CartPole-v1", seed=8, **SMALL).learn(64 * 5, callback=other)
+    assert other.multipliers != traces[0].multipliers
+
+
+class DualRecorder(R2VPO):
+    """Records every dual step taken during real training."""
+
+    def _step_dual(self, variance: float, variance_target: float) -> None:
+        before = self.lagrange_multiplier
+        super()._step_dual(variance, variance_target)
+        self.dual_steps.append((before, variance, variance_target, self.lagrange_multiplier))
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "linear"])
+@pytest.mark.parametrize("frequency", ["minibatch", "epoch"])
+def test_multiplier_rises_above_target_and_falls_below(mode, frequency):
+    model = DualRecorder(
+        "MlpPolicy",
+        "CartPole-v1",
+        seed=0,
+        learning_rate=1e-2,
+        variance_target=0.002,
+        dual_update=mode,
+        dual_update_frequency=frequency,
+        dual_step_size=0.05 if mode == "multiplicative" else 20.0,
+        lagrange_multiplier_min=1e-4,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=6,
+    )
+    model.dual_steps = []
+    model.learn(64 * 6)
+    steps = model.dual_steps
+    expected = 6 * 6 * (2 if frequency == "minibatch" else 1)
+    assert len(steps) == expected
+    rises = [after > before for before, variance, target, after in steps if variance > target and before < 1e3]
+    falls = [after < before for before, variance, target, after in steps if variance < target and before > 1e-4]
+    assert rises and falls, "training should visit both sides of the target"
+    assert all(rises) and all(falls)
+
+
+def test_tight_target_holds_ratio_variance_near_it(recorder):
+    """With δ = 0.002 the logged ratio variance stays near δ; without the brake it wanders orders of magnitude higher."""
+    common = dict(n_steps=256, batch_size=64, n_epochs=10, learning_rate=3e-3, lagrange_multiplier_min=1e-4, seed=0)
+    attach(R2VPO("MlpPolicy", "CartPole-v1", variance_target=0.002, **common), recorder).learn(256 * 7)
+    tight = recorder.series("train/ratio_variance")[1:]
+    assert len(tight) == 5  # one train record per update after the first rollout, minus the first
+    assert 0.0005 < np.mean(tight) < 0.004, tight
+    assert max(tight) < 0.01, tight
+
+    loose_recorder = type(recorder)()
+    attach(R2VPO("MlpPolicy", "CartPole-v1", variance_target=10.0, **common), loose_recorder).learn(256 * 7)
+    loose = loose_recorder.series("train/ratio_variance")[1:]
+    assert np.mean(loose) > 10 * np.mean(tight), (loose, tight)
+
+
+def test_logged_keys():
+    model = R2VPO("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    model.learn(64 * 2)
+    # The values recorded by the last train(), not yet dumped.
+    record = model.logger.name_to_value
+    for key in (
+        "train/ratio_variance",
+        "train/lagrange_multiplier",
+        "train/lagrange_multiplier_min",
+        "train/lagrange_multiplier_max",
+        "train/variance_target",
+        "train/approx_kl",
+        "train/ratio_outside_clip",
+        "train/logratio_guard_fraction",
+        "train/nonfinite_skips",
+        "train/policy_gradient_loss",
+        "train/variance_penalty",
+        "train/value_loss",
+        "train/entropy_loss",
+        "train/explained_variance",
+        "train/loss",
+        "train/std",
+        "train/learning_rate",
+        "train/n_updates",
+    ):
+        assert key in record, key
+        assert math.isfinite(record[key]), key
+    assert record["train/lagrange_multiplier"] == model.lagrange_multiplier
+    assert record["train/lagrange_multiplier_min"] <= model.lagrange_multiplier <= record["train/lagrange_multiplier_max"]
+    assert record["train/variance_target"] == pytest.approx(0.04)
+    assert 0.0 <= record["train/ratio_outside_clip"] <= 1.0
+    assert record["train/logratio_guard_fraction"] == 0.0
+    assert record["train/nonfinite_skips"] == 0
+
+
+def test_variance_target_schedule_and_centre_one(recorder):
+    model = attach(
+        R2VPO("MlpPolicy", "CartPole-v1", seed=0, variance_target=lambda progress: 0.01 + 0.09 * progress, variance_center="one", **SMALL),
+        recorder,
+    )
+    model.learn(64 * 4)
+    targets = recorder.series("train/variance_target")
+    assert targets == sorted(targets, reverse=True) and targets[0] > targets[-1]
+    # Initial λ = 1 / (2 sqrt(δ at progress 1)).
+    assert model._default_initial_multiplier() == pytest.approx(1 / (2 * math.sqrt(0.1)))
+
+
+def test_value_clipping_and_target_kl():
+    model = R2VPO("MlpPolicy", "CartPole-v1", seed=0, clip_range_vf=0.2, target_kl=1e-6, **SMALL)
+    model.learn(64 * 2)
+    record = model.logger.name_to_value
+    assert record["train/clip_range_vf"] == pytest.approx(0.2)
+    # The first minibatch of each update has r = 1 exactly; the second exceeds a 1e-6 KL and stops the
+    # epochs: one epoch per update instead of n_epochs = 2.
+    assert record["train/n_updates"] == 2
+
+
+def test_default_learn_budget_is_documented():
+    assert R2VPO.default_total_timesteps == 100_000
+    assert "100,000" in R2VPO.learn.__doc__
