@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_r2vpo.presets import get_preset
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 
 def plot_learning_curve(evaluations_file: Path, output: Path, title: str) -> None:

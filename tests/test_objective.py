@@ -67,7 +67,9 @@ def test_multiplier_is_not_differentiated(batch):
     loss, _, variance = policy_objective(th.exp(log_prob - old_log_prob), advantages, 2.0, 0.04)
     assert loss.requires_grad and variance.requires_grad
     # λ enters as a Python float: the loss value is the Lagrangian with that constant.
-    assert loss.item() == pytest.approx((-(th.exp(log_prob - old_log_prob) * advantages).mean() + 2.0 * (variance - 0.04)).item())
+    assert loss.item() == pytest.approx(
+        (-(th.exp(log_prob - old_log_prob) * advantages).mean() + 2.0 * (variance - 0.04)).item()
+    )
 
 
 @pytest.mark.parametrize("mode", ["multiplicative", "linear"])

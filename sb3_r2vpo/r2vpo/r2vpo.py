@@ -210,7 +210,9 @@ class R2VPO(OnPolicyAlgorithm):
                 raise ValueError(f"R2VPO supports the action spaces {names}; the env has {self.action_space}")
             buffer_size = self.env.num_envs * self.n_steps
             if buffer_size < 2:
-                raise ValueError(f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}")
+                raise ValueError(
+                    f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}"
+                )
             if buffer_size % batch_size > 0:
                 warnings.warn(
                     f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
@@ -362,7 +364,9 @@ class R2VPO(OnPolicyAlgorithm):
                 if clip_range_vf is None:
                     values_pred = values
                 else:
-                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
                 value_loss = F.mse_loss(rollout_data.returns, values_pred)
 
                 if entropy is None:
@@ -468,6 +472,7 @@ class R2VPO(OnPolicyAlgorithm):
                     "entropy_loss",
                 ),
                 means[:-1],
+                strict=False,
             ):
                 self.logger.record(f"train/{key}", float(value))
             self.logger.record("train/loss", float(step_stats[-1][-1]))
