@@ -213,7 +213,13 @@ class R2VPO(OnPolicyAlgorithm):
                 raise ValueError(
                     f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}"
                 )
-            if buffer_size % batch_size > 0:
+            if batch_size > buffer_size:
+                warnings.warn(
+                    f"batch_size={batch_size} exceeds the rollout buffer (n_steps * n_envs = {buffer_size}): "
+                    f"every epoch is a single minibatch of {buffer_size} samples.",
+                    stacklevel=2,
+                )
+            elif buffer_size % batch_size > 0:
                 warnings.warn(
                     f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
                     f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {buffer_size % batch_size}. "

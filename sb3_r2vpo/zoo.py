@@ -1,0 +1,167 @@
+"""
+RL Zoo launcher: registers R2VPO with rl_zoo3, then hands over to rl_zoo3's own scripts.
+
+    python -m sb3_r2vpo.zoo train --algo r2vpo --env CartPole-v1 -n 20000 -f logs
+    python -m sb3_r2vpo.zoo enjoy --algo r2vpo --env CartPole-v1 -f logs --no-render
+    python -m sb3_r2vpo.zoo train --algo ppo --env CartPole-v1 -f logs      # the zoo's own algorithms too
+
+(also installed as the ``r2vpo-zoo`` console script). Every rl_zoo3 flag works unchanged. With ``--algo r2vpo``
+and no ``-conf``, the hyperparameters come from the packaged ``r2vpo.yml``.
+
+rl_zoo3 2.9 has no plugin hook; this follows its SBX guide: add the algorithm to ``rl_zoo3.ALGOS`` (and the
+Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sb3_r2vpo.presets import hyperparams_path
+from sb3_r2vpo.r2vpo import R2VPO
+
+ALGO_NAME = "r2vpo"
+SCRIPTS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
+# Keys rl_zoo3 consumes itself before building the model (exp_manager._preprocess_hyperparams).
+ZOO_KEYS = frozenset(
+    {
+        "n_envs",
+        "n_timesteps",
+        "policy",
+        "normalize",
+        "env_wrapper",
+        "vec_env_wrapper",
+        "frame_stack",
+        "callback",
+        "env_kwargs",
+        "monitor_kwargs",
+    }
+)
+
+
+class ZooConfigError(ValueError):
+    """A zoo hyperparameter file that R2VPO cannot use; the message names the file, entry and key."""
+
+
+def register() -> None:
+    """
+    Make ``r2vpo`` a zoo algorithm: add :class:`R2VPO` to ``rl_zoo3.ALGOS`` and its Optuna sampler to
+    ``rl_zoo3.hyperparams_opt``. Call it before driving rl_zoo3 from Python; it is idempotent.
+    """
+    import rl_zoo3
+    from rl_zoo3 import hyperparams_opt
+
+    rl_zoo3.ALGOS[ALGO_NAME] = R2VPO
+    try:
+        from sb3_r2vpo.search_space import convert_r2vpo_params, sample_r2vpo_params
+    except ImportError:  # optuna not installed: training and enjoying still work
+        return
+    hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_r2vpo_params
+    hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_r2vpo_params
+
+
+def constructor_arguments() -> frozenset[str]:
+    """Names R2VPO's constructor takes, as a zoo entry may set them."""
+    return frozenset(name for name in inspect.signature(R2VPO.__init__).parameters if name not in ("self", "env"))
+
+
+def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
+    """
+    Validate the zoo entry R2VPO would be trained with, before rl_zoo3 builds anything.
+
+    :param config: YAML hyperparameter file in rl_zoo3's format
+    :param env_id: The ``--env`` id (Atari ids fall back to the ``atari`` entry, as in the zoo)
+    :return: The entry
+    :raises ZooConfigError: naming the file, the entry and the offending key
+    """
+    try:
+        with open(config) as file:
+            data = yaml.safe_load(file)
+    except OSError as error:
+        raise ZooConfigError(f"{config}: cannot read the hyperparameter file: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ZooConfigError(f"{config}: malformed YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ZooConfigError(f"{config}: expected a mapping of env ids to hyperparameters, got {type(data).__name__}")
+    name = env_id
+    if name not in data:
+        if "NoFrameskip" in env_id or env_id.startswith("ALE/"):
+            name = "atari"
+        if name not in data:
+            raise ZooConfigError(f"{config}: no entry for {env_id!r}; entries: {', '.join(sorted(data))}")
+    entry = data[name]
+    if not isinstance(entry, dict):
+        raise ZooConfigError(f"{config}: entry {name!r} must be a mapping of hyperparameters, got {type(entry).__name__}")
+    allowed = constructor_arguments() | ZOO_KEYS
+    for key in entry:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ZooConfigError(f"{config}: entry {name!r}: R2VPO takes no argument {key!r}{hint}")
+    return entry
+
+
+def _prepare_train_argv(argv: list[str]) -> list[str]:
+    """Add the packaged config for ``--algo r2vpo`` and check the env id and the entry up front."""
+    import gymnasium as gym
+    import rl_zoo3.import_envs  # noqa: F401  (registers the extra envs the zoo knows)
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("-conf", "--conf-file", default=None)
+    parser.add_argument("--gym-packages", nargs="+", default=[])
+    known, _ = parser.parse_known_args(argv)
+    for module in known.gym_packages:
+        __import__(module)
+    if known.env not in gym.envs.registry:
+        close = difflib.get_close_matches(known.env, list(gym.envs.registry), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ZooConfigError(f"unknown environment id {known.env!r}{hint}")
+    if known.algo != ALGO_NAME:
+        return argv
+    config = known.conf_file
+    if config is None:
+        config = str(hyperparams_path())
+        argv = [*argv, "--conf-file", config]
+    if config.endswith((".yml", ".yaml")):
+        check_entry(config, known.env)
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m sb3_r2vpo.zoo`` and ``r2vpo-zoo``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SCRIPTS:
+        print(f"usage: r2vpo-zoo {{{','.join(SCRIPTS)}}} [rl_zoo3 arguments...]\n\n{__doc__}", file=sys.stderr)
+        raise SystemExit(2)
+    script, rest = argv[0], argv[1:]
+    try:
+        from rl_zoo3 import cli
+    except ImportError as error:
+        raise SystemExit(f'r2vpo-zoo needs rl_zoo3: pip install "sb3-r2vpo[zoo]" ({error})') from error
+    register()
+    try:
+        if script == "train":
+            rest = _prepare_train_argv(rest)
+    except ZooConfigError as error:
+        raise SystemExit(f"r2vpo-zoo: error: {error}") from None
+    scripts = {
+        "train": cli.train,
+        "enjoy": cli.enjoy,
+        "plot_train": cli.plot_train,
+        "plot_from_file": cli.plot_from_file,
+        "all_plots": cli.all_plots,
+    }
+    sys.argv = [f"r2vpo-zoo {script}", *rest]
+    scripts[script]()
+
+
+if __name__ == "__main__":
+    main()
