@@ -17,19 +17,31 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 def sample_r2vpo_params(trial: optuna.Trial, n_actions: int = 0, n_envs: int = 1, additional_args: dict | None = None) -> dict:
     """
-    Sample R2VPO hyperparameters (rl_zoo3's sampler signature; values in the trial's own parametrisation).
+    Sample R2VPO constructor arguments (rl_zoo3's sampler signature and convention: converted values).
+    See :func:`suggest_r2vpo_params` for the space.
+    """
+    return convert_r2vpo_params(suggest_r2vpo_params(trial, additional_args))
+
+
+def suggest_r2vpo_params(trial: optuna.Trial, additional_args: dict | None = None) -> dict:
+    """
+    Suggest R2VPO hyperparameters in the trial's own parametrisation (the names ``trial.params`` holds).
 
     R2VPO's own knobs: variance target δ (log scale), dual step size, dual update form and frequency, centring.
     The usual on-policy ones: n_steps, batch_size, gamma, gae_lambda, learning_rate, ent_coef, n_epochs,
     max_grad_norm, net_arch, activation.
+
+    :param additional_args: May hold ``max_n_steps_pow`` (default 11): the largest ``log2(n_steps)`` to try,
+        so that a short trial budget still holds several rollouts.
     """
+    max_n_steps_pow = int((additional_args or {}).get("max_n_steps_pow", 11))
     return {
         "variance_target": trial.suggest_float("variance_target", 0.003, 0.3, log=True),
         "dual_step_size": trial.suggest_float("dual_step_size", 0.005, 0.5, log=True),
         "dual_update": trial.suggest_categorical("dual_update", ["multiplicative", "linear"]),
         "dual_update_frequency": trial.suggest_categorical("dual_update_frequency", ["minibatch", "epoch"]),
         "variance_center": trial.suggest_categorical("variance_center", ["mean", "one"]),
-        "n_steps_pow": trial.suggest_int("n_steps_pow", 5, 11),
+        "n_steps_pow": trial.suggest_int("n_steps_pow", 5, max(5, max_n_steps_pow)),
         "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 1e-4, 0.1, log=True),
         "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 1e-3, 0.2, log=True),
@@ -44,7 +56,7 @@ def sample_r2vpo_params(trial: optuna.Trial, n_actions: int = 0, n_envs: int = 1
 
 def convert_r2vpo_params(sampled: dict[str, Any]) -> dict[str, Any]:
     """
-    Turn sampled values into R2VPO constructor arguments (rl_zoo3's converter signature).
+    Turn suggested values (``trial.params``) into R2VPO constructor arguments (rl_zoo3's converter signature).
 
     A linear dual update moves λ additively, so its sampled step is rescaled to act on λ's scale
     (``1/(2 sqrt(δ))``) as the multiplicative step does.

@@ -1,0 +1,203 @@
+"""Optuna search: our API and CLI, the zoo sampler, several workers on SQLite and PostgreSQL, killed workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from sb3_r2vpo import R2VPO
+from sb3_r2vpo.presets import get_preset
+from sb3_r2vpo.tuning import TuningError, make_storage, optimize
+from tests.envs import NanRewardEnv
+from tests.postgres import postgres_server
+
+# Pinned so that a trial lasts about a second; the search space is otherwise untouched.
+FAST = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16]))
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _worker_script(url: str, study: str, n_trials: int, n_timesteps: int, heartbeat: int = 30, grace: int = 90) -> str:
+    return textwrap.dedent(
+        f"""
+        from sb3_r2vpo.tuning import optimize
+        optimize("CartPole-v1", {n_trials}, storage={url!r}, study_name={study!r}, n_timesteps={n_timesteps},
+                 n_evaluations=2, n_eval_episodes=2, show_progress=False, seed=None,
+                 heartbeat_interval={heartbeat}, grace_period={grace},
+                 fixed_params=dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16])))
+        """
+    )
+
+
+def _start_worker(script: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_api_study_writes_loadable_best_entry(tmp_path):
+    output = tmp_path / "best.yml"
+    study = optimize(
+        "CartPole-v1",
+        3,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        n_timesteps=512,
+        n_evaluations=2,
+        n_eval_episodes=2,
+        seed=0,
+        output=output,
+        show_progress=False,
+        fixed_params=FAST,
+    )
+    assert len(study.get_trials(states=FINISHED)) == 3
+    assert "Tuned with 3 Optuna trials" in output.read_text()
+    preset = get_preset("CartPole-v1", path=output)
+    model = preset.make_model(seed=0)
+    assert model.variance_target(1.0) == pytest.approx(study.best_trial.params["variance_target"])
+    assert model.n_steps == 64  # the pinned value, not the sampled one
+    model.learn(256)
+    # A second call on the same storage finds the study full and runs nothing more.
+    again = optimize(
+        "CartPole-v1", 3, storage=f"sqlite:///{tmp_path}/s.db", n_timesteps=512, show_progress=False, fixed_params=FAST
+    )
+    assert len(again.trials) == 3
+
+
+def test_zoo_optimize_and_trial_reload(tmp_path):
+    pytest.importorskip("rl_zoo3")
+    from sb3_r2vpo.zoo import main
+
+    url = f"sqlite:///{tmp_path}/zoo.db"
+    common = ["--algo", "r2vpo", "--env", "CartPole-v1", "-f", str(tmp_path), "--storage", url, "--study-name", "zoo"]
+    search = ["-optimize", "--n-trials", "2", "-n", "1024", "--sampler", "tpe", "--pruner", "median", "--n-evaluations", "2"]
+    main(["train", *common, *search, "--eval-episodes", "2", "--seed", "0", "-params", "n_envs:1", "--no-optim-plots"])
+    study = optuna.load_study(study_name="zoo", storage=url)
+    assert len(study.get_trials(states=FINISHED)) == 2
+    assert "variance_target" in study.trials[1].params
+    # Reload trial 1's hyperparameters and train with them (rl_zoo3 ignores --trial-id 0).
+    main(["train", *common, "--trial-id", "1", "-n", "256", "-params", "n_envs:1", "--eval-freq", "-1"])
+    runs = sorted((tmp_path / "r2vpo").glob("CartPole-v1_*"), key=lambda path: int(path.name.rsplit("_", 1)[1]))
+    model = R2VPO.load(runs[-1] / "CartPole-v1.zip")
+    assert model.variance_target(1.0) == pytest.approx(study.trials[1].params["variance_target"])
+
+
+def _assert_exact(study: optuna.Study, n_trials: int) -> None:
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == n_trials, [t.state for t in study.trials]
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len({t.number for t in study.trials}) == len(study.trials)
+
+
+def _two_workers(url: str, tmp_path: Path, n_trials: int = 6) -> optuna.Study:
+    workers = [_start_worker(_worker_script(url, "shared", n_trials, 1024)) for _ in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr[-2000:]
+    study = optuna.load_study(study_name="shared", storage=make_storage(url))
+    _assert_exact(study, n_trials)
+    assert len({t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}) == 2, "both workers took trials"
+    return study
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    _two_workers(f"sqlite:///{tmp_path}/shared.db", tmp_path)
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    pytest.importorskip("psycopg", reason="psycopg (the optuna extra) is not installed")
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    try:
+        _two_workers(url, tmp_path)
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_killed_worker_study_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path}/killed.db"
+    script = _worker_script(url, "killed", 4, 4096, heartbeat=1, grace=3)
+    worker = _start_worker(script)
+    storage = make_storage(url, heartbeat_interval=1, grace_period=3)
+    deadline = time.monotonic() + 300
+    completed_before: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name="killed", storage=storage)
+        except KeyError:
+            continue
+        complete = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        if complete and running:
+            completed_before = {t.number: t.value for t in complete}
+            killed_number = running[0].number
+            break
+    else:
+        worker.kill()
+        pytest.fail("the worker never had a finished and a running trial")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # past the grace period: the running trial's heartbeat is stale
+
+    restarted = _start_worker(script)
+    _, stderr = restarted.communicate(timeout=600)
+    assert restarted.returncode == 0, stderr[-2000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    _assert_exact(study, 4)
+    assert study.trials[killed_number].state == TrialState.FAIL
+    assert any(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed_number for t in study.trials)
+    for number, value in completed_before.items():
+        assert study.trials[number].value == value
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(TuningError, match=r"unknown environment id 'CartPol-v1'; did you mean 'CartPole-v1'"):
+        optimize("CartPol-v1", 2, storage=f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(TuningError, match=r"`n_trials` must be an int >= 1, got 0"):
+        optimize("CartPole-v1", 0, storage=f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(TuningError, match=r"cannot open the Optuna storage 'postgresql://nobody@127.0.0.1:9/none'"):
+        optimize("CartPole-v1", 2, storage="postgresql://nobody@127.0.0.1:9/none")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sb3_r2vpo.tune",
+            "--env",
+            "CartPole-v1",
+            "--n-trials",
+            "1",
+            "--storage",
+            "sqlite:////nonexistent/dir/x.db",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "r2vpo-tune: error: cannot open the Optuna storage" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_diverging_trials_fail_and_the_study_goes_on(tmp_path):
+    gym.register("NanRewardCartPole-v0", entry_point=lambda: NanRewardEnv(gym.make("CartPole-v1"), nan_after=0))
+    try:
+        study = optimize(
+            "NanRewardCartPole-v0",
+            2,
+            storage=f"sqlite:///{tmp_path}/nan.db",
+            n_timesteps=512,
+            show_progress=False,
+            fixed_params={**FAST, "max_nonfinite_steps": 2},
+        )
+    finally:
+        del gym.envs.registry["NanRewardCartPole-v0"]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("consecutive gradient steps" in t.user_attrs["failure"] for t in study.trials)
