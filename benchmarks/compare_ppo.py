@@ -76,8 +76,9 @@ def run_one(algo: str, env_id: str, seed: int, steps: int | None, eval_episodes:
     return result
 
 
-def summarise(out: Path, envs: list[str]) -> str:
+def summarise(out: Path, envs: list[str], seeds: list[int]) -> str:
     results = [json.loads(path.read_text()) for path in sorted(out.glob("*.json"))]
+    results = [r for r in results if r["seed"] in seeds]
     lines = [
         "| task | algorithm | seeds | final return (mean ± std over seeds) | per seed |",
         "|---|---|---|---|---|",
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{result['algo']:>6} {result['env_id']} seed {result['seed']}: {result['final_mean_return']:.1f}", flush=True
             )
-    table = summarise(args.out, args.envs)
-    (args.out / "summary.md").write_text(f"Command: python benchmarks/compare_ppo.py {' '.join(argv or [])}\n\n{table}\n")
+    table = summarise(args.out, args.envs, args.seeds)
+    (args.out / f"summary_seeds{'-'.join(map(str, args.seeds))}.md").write_text(
+        f"Command: python benchmarks/compare_ppo.py {' '.join(argv or [])}\n\n{table}\n"
+    )
     print(table)
 
 

@@ -20,6 +20,14 @@ from sb3_r2vpo.r2vpo.objective import (
     policy_objective,
 )
 from sb3_r2vpo.r2vpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_r2vpo.r2vpo.replay import (
+    REPLAY_ADVANTAGES,
+    ReplayBatch,
+    RolloutReplay,
+    available_memory_bytes,
+    build_replay_batch,
+    rollout_nbytes,
+)
 
 SelfR2VPO = TypeVar("SelfR2VPO", bound="R2VPO")
 
@@ -91,6 +99,13 @@ class R2VPO(OnPolicyAlgorithm):
     :param variance_center: ``"mean"`` (second central moment) or ``"one"`` (chi-square estimate)
     :param log_ratio_guard: Numerical guard: the log-ratio is clamped to ``[−g, g]`` before ``exp``. It must
         not act as a trust region; ``train/logratio_guard_fraction`` logs how often it fires.
+    :param replay_rollouts: K, the number of previous rollouts kept and trained on again (0: on-policy). Each
+        sample's ratio is taken against the policy that collected it. Costs K rollouts of memory on ``device``
+        (see the README) and K + 1 times the gradient steps per update.
+    :param replay_advantage: How stale rollouts get fresh advantages and value targets under the current critic:
+        ``"gae"`` (recomputed GAE) or ``"vtrace"`` (V-trace targets, ρ̄ = c̄ = 1)
+    :param save_replay: Whether ``save()`` writes the stored rollouts into the model file (default: no; a
+        loaded model then starts with an empty replay)
     :param clip_range_vf: Clipping parameter for the value function (no policy-ratio clipping exists),
         it can be a function of the current progress remaining. ``None`` (default) disables it.
     :param normalize_advantage: Whether to normalize the advantage per minibatch
@@ -143,6 +158,9 @@ class R2VPO(OnPolicyAlgorithm):
         dual_update_frequency: str = "minibatch",
         variance_center: str = "mean",
         log_ratio_guard: float = 20.0,
+        replay_rollouts: int = 0,
+        replay_advantage: str = "gae",
+        save_replay: bool = False,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
         ent_coef: float = 0.0,
@@ -176,6 +194,8 @@ class R2VPO(OnPolicyAlgorithm):
             dual_update_frequency=dual_update_frequency,
             variance_center=variance_center,
             log_ratio_guard=log_ratio_guard,
+            replay_rollouts=replay_rollouts,
+            replay_advantage=replay_advantage,
             clip_range_vf=clip_range_vf,
             target_kl=target_kl,
             max_nonfinite_steps=max_nonfinite_steps,
@@ -243,8 +263,15 @@ class R2VPO(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.replay_rollouts = int(replay_rollouts)
+        self.replay_advantage = replay_advantage
+        self.save_replay = bool(save_replay)
+        if self.env is not None and self.replay_rollouts > 0:
+            self._check_replay_memory()
         # Model state, saved with the model; set in _setup_model unless load() restored it.
         self.lagrange_multiplier: float | None = None
+        self.replay: RolloutReplay | None = None
+        self._rollout_index = 0
 
         if _init_setup_model:
             self._setup_model()
@@ -264,6 +291,8 @@ class R2VPO(OnPolicyAlgorithm):
         dual_update_frequency: str,
         variance_center: str,
         log_ratio_guard: float,
+        replay_rollouts: int,
+        replay_advantage: str,
         clip_range_vf: float | Schedule | None,
         target_kl: float | None,
         max_nonfinite_steps: int,
@@ -273,6 +302,7 @@ class R2VPO(OnPolicyAlgorithm):
             ("batch_size", batch_size, 2),
             ("n_epochs", n_epochs, 1),
             ("max_nonfinite_steps", max_nonfinite_steps, 1),
+            ("replay_rollouts", replay_rollouts, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
@@ -281,6 +311,7 @@ class R2VPO(OnPolicyAlgorithm):
         _check_choice("dual_update", dual_update, DUAL_UPDATES)
         _check_choice("dual_update_frequency", dual_update_frequency, DUAL_UPDATE_FREQUENCIES)
         _check_choice("variance_center", variance_center, VARIANCE_CENTERS)
+        _check_choice("replay_advantage", replay_advantage, REPLAY_ADVANTAGES)
         _check_positive_schedule("variance_target", variance_target)
         _check_positive("dual_step_size", dual_step_size)
         _check_positive("dual_step_clip", dual_step_clip, allow_none=True)
@@ -313,6 +344,27 @@ class R2VPO(OnPolicyAlgorithm):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         if self.lagrange_multiplier is None:
             self.lagrange_multiplier = self._default_initial_multiplier()
+        if self.replay_rollouts > 0:
+            # A loaded model keeps the replay it was saved with (save_replay=True), on the new device.
+            if self.replay is None:
+                self.replay = RolloutReplay(self.replay_rollouts, self.device)
+            else:
+                self.replay.to(self.device)
+
+    def _check_replay_memory(self) -> None:
+        per_rollout = rollout_nbytes(self.observation_space, self.action_space, self.n_steps, self.n_envs)
+        needed = self.replay_rollouts * per_rollout
+        available = available_memory_bytes(th.device(self.device))
+        if available is not None and needed > available // 2:
+            raise ValueError(
+                f"`replay_rollouts`={self.replay_rollouts} needs about {needed / 2**20:.0f} MiB "
+                f"({per_rollout / 2**20:.1f} MiB per rollout of n_steps * n_envs = {self.n_steps * self.n_envs} samples) "
+                f"on {self.device}, more than half of the {available / 2**20:.0f} MiB available; lower it or n_steps"
+            )
+
+    def _excluded_save_params(self) -> list[str]:
+        excluded = super()._excluded_save_params()
+        return excluded if self.save_replay else [*excluded, "replay"]
 
     def _default_initial_multiplier(self) -> float:
         if self.initial_lagrange_multiplier is not None:
@@ -348,9 +400,26 @@ class R2VPO(OnPolicyAlgorithm):
         consecutive_nonfinite = 0
         continue_training = True
 
+        replay_batch, pending = None, None
+        replay_stats: dict[str, float] = {}
+        age_variances: list[tuple[float, float]] = []
+        if self.replay is not None:
+            # Copy the current rollout before get() could flatten the buffer; it joins the replay after the update.
+            pending = self.replay.snapshot(self.rollout_buffer, self._last_obs, self._last_episode_starts, self._rollout_index)
+            replay_batch, replay_stats = build_replay_batch(
+                self.policy,
+                self.rollout_buffer,
+                self.replay,
+                self._rollout_index,
+                self.gamma,
+                self.gae_lambda,
+                self.replay_advantage,
+                self.action_space,
+            )
+
         for epoch in range(self.n_epochs):
             epoch_variances: list[float] = []
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
+            for rollout_data, ages in self._minibatches(replay_batch):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
@@ -423,6 +492,8 @@ class R2VPO(OnPolicyAlgorithm):
                 self.policy.optimizer.step()
                 consecutive_nonfinite = 0
                 step_stats.append(stats)
+                if ages is not None:
+                    age_variances.append(self._fresh_and_stale_variance(ratio.detach(), ages))
 
                 if self.dual_update_frequency == "minibatch":
                     self._step_dual(stats[0], variance_target)
@@ -440,11 +511,41 @@ class R2VPO(OnPolicyAlgorithm):
             if not continue_training:
                 break
 
+        if self.replay is not None:
+            self.replay.append(pending)
+            self._record_replay_stats(replay_batch, replay_stats, age_variances)
+        self._rollout_index += 1
+
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         self._record_train_stats(step_stats, variance_target, multiplier_low, multiplier_high, nonfinite_skips, explained_var)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def _minibatches(self, replay_batch: ReplayBatch | None):
+        """Minibatches of one epoch, with each sample's age (``None`` on the on-policy path, which is SB3's)."""
+        if replay_batch is None:
+            return ((samples, None) for samples in self.rollout_buffer.get(self.batch_size))
+        return replay_batch.minibatches(self.batch_size)
+
+    def _fresh_and_stale_variance(self, ratio: th.Tensor, ages: th.Tensor) -> tuple[float, float]:
+        fresh = ages == 0
+        values = []
+        for mask in (fresh, ~fresh):
+            values.append(float(ratio[mask].var(unbiased=False)) if int(mask.sum()) >= 2 else float("nan"))
+        return values[0], values[1]
+
+    def _record_replay_stats(
+        self, batch: ReplayBatch, replay_stats: dict[str, float], age_variances: list[tuple[float, float]]
+    ) -> None:
+        self.logger.record("train/replay_fraction", float((batch.ages > 0).float().mean()))
+        self.logger.record("train/replay_rollouts_stored", len(self.replay))
+        if age_variances:
+            for name, values in zip(("fresh", "stale"), np.asarray(age_variances).T, strict=True):
+                if np.isfinite(values).any():
+                    self.logger.record(f"train/ratio_variance_{name}", float(np.nanmean(values)))
+        for key, value in replay_stats.items():
+            self.logger.record(f"train/{key}", value)
 
     def _raise_if_diverged(self, consecutive_nonfinite: int) -> None:
         if consecutive_nonfinite >= self.max_nonfinite_steps:
