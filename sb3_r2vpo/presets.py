@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -18,6 +19,8 @@ from sb3_r2vpo.r2vpo import R2VPO
 
 # Keys of a zoo entry that describe the environment or the budget rather than R2VPO's constructor.
 _ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
+# The keys rl_zoo3 turns from "lin_<value>" into a linear schedule.
+_SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # Zoo keys this loader does not implement; the zoo launcher handles them.
 _UNSUPPORTED_KEYS = ("env_wrapper", "frame_stack", "vec_env_wrapper", "callback", "env_kwargs", "normalize_kwargs")
 
@@ -46,7 +49,7 @@ def load_hyperparams(path: str | Path | None = None) -> dict[str, dict[str, Any]
 
 
 def _parse_value(key: str, value: Any) -> Any:
-    if key == "learning_rate" and isinstance(value, str) and value.startswith("lin_"):
+    if key in _SCHEDULABLE_KEYS and isinstance(value, str) and value.startswith("lin_"):
         return LinearSchedule(float(value[len("lin_") :]), 0.0, 1.0)
     if key == "policy_kwargs" and isinstance(value, str):
         # rl_zoo3 writes policy_kwargs as a Python expression that may name torch.nn.
@@ -81,28 +84,32 @@ class Preset:
             env = VecNormalize(env, training=training, norm_reward=training)
         return env
 
-    def make_model(self, seed: int | None = None, env: VecEnv | None = None, **overrides: Any) -> R2VPO:
-        """Build R2VPO with this entry's hyperparameters; ``overrides`` win over the file."""
+    def make_model(
+        self, seed: int | None = None, env: VecEnv | None = None, algorithm: type[BaseAlgorithm] = R2VPO, **overrides: Any
+    ) -> BaseAlgorithm:
+        """Build ``algorithm`` (R2VPO by default) with this entry's hyperparameters; ``overrides`` win over the file."""
         kwargs = {**copy.deepcopy(self.model_kwargs), **overrides}
-        return R2VPO(self.policy, self.make_env(seed) if env is None else env, seed=seed, **kwargs)
+        return algorithm(self.policy, self.make_env(seed) if env is None else env, seed=seed, **kwargs)
 
 
-def get_preset(env_id: str, path: str | Path | None = None) -> Preset:
+def get_preset(env_id: str, path: str | Path | None = None, entry_name: str | None = None) -> Preset:
     """
     The entry for ``env_id`` in the hyperparameter file.
 
     :param env_id: Gymnasium id, e.g. ``"CartPole-v1"``
     :param path: YAML file; the packaged ``r2vpo.yml`` when ``None``.
+    :param entry_name: The entry to read when it is not named ``env_id`` (e.g. a -v4 entry for a -v5 task)
     """
     data = load_hyperparams(path)
     source = hyperparams_path() if path is None else path
-    if env_id not in data:
-        raise KeyError(f"{source}: no entry for {env_id!r}; entries: {', '.join(sorted(data))}")
-    entry = dict(data[env_id])
+    entry_name = env_id if entry_name is None else entry_name
+    if entry_name not in data:
+        raise KeyError(f"{source}: no entry for {entry_name!r}; entries: {', '.join(sorted(data))}")
+    entry = dict(data[entry_name])
     unsupported = [key for key in _UNSUPPORTED_KEYS if key in entry]
     if unsupported:
         raise ValueError(
-            f"{source}: entry {env_id!r} uses {unsupported}, which only the RL Zoo launcher implements "
+            f"{source}: entry {entry_name!r} uses {unsupported}, which only the RL Zoo launcher implements "
             "(python -m sb3_r2vpo.zoo train --algo r2vpo ...)"
         )
     model_kwargs = {key: _parse_value(key, value) for key, value in entry.items() if key not in _ZOO_ONLY_KEYS}

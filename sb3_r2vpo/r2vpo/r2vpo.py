@@ -372,6 +372,12 @@ class R2VPO(OnPolicyAlgorithm):
         stationary = 1.0 / (2.0 * math.sqrt(self.variance_target(1.0)))
         return float(min(max(stationary, self.lagrange_multiplier_min), self.lagrange_multiplier_max))
 
+    def _policy_loss(
+        self, ratio: th.Tensor, advantages: th.Tensor, variance_target: float
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(policy_loss, surrogate_loss, ratio_variance)`` of one minibatch; see :func:`policy_objective`."""
+        return policy_objective(ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center)
+
     def _step_dual(self, variance: float, variance_target: float) -> None:
         self.lagrange_multiplier = dual_update(
             self.lagrange_multiplier,
@@ -432,9 +438,7 @@ class R2VPO(OnPolicyAlgorithm):
 
                 log_ratio = log_prob - rollout_data.old_log_prob
                 ratio = th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard))
-                policy_loss, surrogate_loss, variance = policy_objective(
-                    ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center
-                )
+                policy_loss, surrogate_loss, variance = self._policy_loss(ratio, advantages, variance_target)
 
                 if clip_range_vf is None:
                     values_pred = values

@@ -1,0 +1,65 @@
+"""
+python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos ...] [--seeds ...] [--steps N]
+                                  [--jobs J] [--out benchmarks/results]
+python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks]
+
+`run` skips finished runs and restarts killed ones, so the same command resumes. Algorithms: r2vpo,
+r2vpo-matched, ppo, trpo, spo, and r2vpo-k<K> (R2VPO with replay_rollouts=K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_all
+from sb3_r2vpo.benchmark.suites import ALGORITHMS, SUITES
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m sb3_r2vpo.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train and evaluate (resumable)")
+    run.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    run.add_argument("--envs", nargs="+", default=None, help="override the suite's tasks")
+    run.add_argument("--algos", nargs="+", default=list(ALGORITHMS))
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    run.add_argument("--steps", type=int, default=None, help="override every task's budget")
+    run.add_argument("--eval-points", type=int, default=20)
+    run.add_argument("--eval-episodes", type=int, default=10)
+    run.add_argument("--jobs", type=int, default=2)
+    run.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    report = commands.add_parser("report", help="aggregate finished runs into REPORT.md and plots")
+    report.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    report.add_argument("--report-dir", type=Path, default=Path("benchmarks"))
+    report.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        budgets = SUITES[args.suite]
+        envs = args.envs or list(budgets)
+        specs = [
+            RunSpec(algo, env_id, seed, args.steps or budgets.get(env_id, 100_000), args.eval_points, args.eval_episodes)
+            for seed in args.seeds
+            for env_id in envs
+            for algo in args.algos
+        ]
+        failures = run_all(specs, args.out, args.jobs)
+        if failures:
+            raise SystemExit(f"{len(failures)} run(s) failed; rerun the same command to retry them")
+    else:
+        from sb3_r2vpo.benchmark.report import write_report
+
+        path = write_report(
+            load_runs(args.out), args.report_dir, "python -m sb3_r2vpo.benchmark " + shlex.join(argv), args.reps
+        )
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""How each benchmarked algorithm is built for a task, and from which hyperparameter entry."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_r2vpo.benchmark.baselines import SPO
+from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM
+from sb3_r2vpo.presets import Preset, get_preset, load_hyperparams
+from sb3_r2vpo.r2vpo import R2VPO
+
+# Tasks without an entry of their own borrow one.
+BORROWED_ENTRY = {DRIFTING_PENDULUM: "Pendulum-v1"}
+
+
+def zoo_hyperparams_file(algo: str) -> Path:
+    """rl_zoo3's own YAML for ``ppo`` or ``trpo``."""
+    import rl_zoo3
+
+    return Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
+
+
+def entry_candidates(env_id: str) -> list[str]:
+    """Entry names to try for ``env_id``: itself (or what it borrows), then older versions of a -v5 task."""
+    name = BORROWED_ENTRY.get(env_id, env_id)
+    candidates = [name]
+    if name.endswith("-v5"):
+        candidates += [name[:-1] + "4", name[:-1] + "2"]
+    return [*candidates, "default"]
+
+
+def preset_for(env_id: str, path: Path | None) -> tuple[Preset, str]:
+    """The first entry of ``path`` that fits ``env_id``, retargeted to ``env_id``; and its description."""
+    available = load_hyperparams(path)
+    name = next(candidate for candidate in entry_candidates(env_id) if candidate in available)
+    preset = dataclasses.replace(get_preset(env_id, path=path, entry_name=name), env_id=env_id)
+    if name == "default":
+        preset.n_timesteps = 0
+    return preset, f"{path.name if path else 'r2vpo.yml'}:{name}"
+
+
+def build(algo: str, env_id: str, seed: int) -> tuple[BaseAlgorithm, Preset, str]:
+    """
+    The model of ``algo`` for ``env_id``:
+
+    - ``r2vpo``: our ``r2vpo.yml`` entry; ``r2vpo-kK``: the same with ``replay_rollouts=K``;
+    - ``ppo`` / ``trpo``: rl_zoo3's own ppo.yml / trpo.yml entry (-v4 or -v2 entry for a -v5 task);
+    - ``r2vpo-matched``: R2VPO with exactly PPO's entry, the clip replaced by the brake (library δ);
+    - ``spo``: PPO's entry with SPO's loss (ε = 0.2) in place of the clip.
+
+    :return: ``(model, preset, entry description)``
+    """
+    if algo == "r2vpo" or algo.startswith("r2vpo-k"):
+        preset, entry = preset_for(env_id, None)
+        overrides = {"replay_rollouts": int(algo[len("r2vpo-k") :])} if algo.startswith("r2vpo-k") else {}
+        return preset.make_model(seed=seed, **overrides), preset, entry
+    if algo == "trpo":
+        from sb3_contrib import TRPO
+
+        preset, entry = preset_for(env_id, zoo_hyperparams_file("trpo"))
+        return preset.make_model(seed=seed, algorithm=TRPO), preset, entry
+    preset, entry = preset_for(env_id, zoo_hyperparams_file("ppo"))
+    if algo == "ppo":
+        return preset.make_model(seed=seed, algorithm=PPO), preset, entry
+    without_clip = {key: value for key, value in preset.model_kwargs.items() if key != "clip_range"}
+    preset = dataclasses.replace(preset, model_kwargs=without_clip)
+    if algo == "r2vpo-matched":
+        return preset.make_model(seed=seed, algorithm=R2VPO), preset, entry + " (clip removed)"
+    if algo == "spo":
+        return preset.make_model(seed=seed, algorithm=SPO), preset, entry + " (clip replaced by SPO's loss, ε=0.2)"
+    raise ValueError(f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo-matched, ppo, trpo, spo")

@@ -1,0 +1,161 @@
+"""
+Runs: one (algorithm, task, seed) per process, periodic deterministic evaluation on separate env instances,
+learning curves as CSV. A run is finished when its ``result.json`` exists; anything else in its folder is
+left over from a killed run and is discarded when the run starts again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+CURVE_FIELDS = ("env_steps", "train_seconds", "eval_return_mean", "eval_return_std")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One benchmark run."""
+
+    algo: str
+    env_id: str
+    seed: int
+    steps: int
+    eval_points: int = 20
+    eval_episodes: int = 10
+
+    def folder(self, root: Path) -> Path:
+        return root / "runs" / self.env_id / self.algo / f"seed{self.seed}"
+
+
+class CurveRecorder(BaseCallback):
+    """
+    Evaluates deterministically every ``eval_every`` env steps on ``eval_env`` and appends a row to ``path``:
+    env steps, training wall time so far (evaluation time excluded), mean and std of the return.
+    """
+
+    def __init__(self, eval_env: VecEnv, eval_every: int, eval_episodes: int, path: Path) -> None:
+        super().__init__()
+        self.eval_env, self.eval_every, self.eval_episodes, self.path = eval_env, eval_every, eval_episodes, path
+        self.next_eval = 0
+        self.train_seconds = 0.0
+        self._clock = 0.0
+        self.rows: list[dict[str, float]] = []
+
+    def _on_training_start(self) -> None:
+        with open(self.path, "w", newline="") as file:
+            csv.writer(file).writerow(CURVE_FIELDS)
+        self._evaluate()
+        self._clock = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_eval:
+            self.train_seconds += time.perf_counter() - self._clock
+            self._evaluate()
+            self._clock = time.perf_counter()
+        return True
+
+    def _on_training_end(self) -> None:
+        self.train_seconds += time.perf_counter() - self._clock
+        if not self.rows or self.rows[-1]["env_steps"] < self.num_timesteps:
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        sync_envs_normalization(self.model.get_env(), self.eval_env)
+        mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.eval_episodes, deterministic=True)
+        row = {
+            "env_steps": int(self.num_timesteps),
+            "train_seconds": round(self.train_seconds, 3),
+            "eval_return_mean": float(mean),
+            "eval_return_std": float(std),
+        }
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as file:
+            csv.writer(file).writerow([row[field] for field in CURVE_FIELDS])
+        self.next_eval = self.num_timesteps + self.eval_every
+
+
+def run_one(spec: RunSpec, root: Path) -> dict:
+    """Train and evaluate one run; writes ``curve.csv`` and, last, ``result.json``."""
+    from sb3_r2vpo.benchmark.algorithms import build
+    from sb3_r2vpo.benchmark.envs import register_envs
+
+    th.set_num_threads(1)
+    register_envs()
+    folder = spec.folder(root)
+    if folder.exists():
+        shutil.rmtree(folder)  # what a killed run left behind
+    folder.mkdir(parents=True)
+    model, preset, entry = build(spec.algo, spec.env_id, spec.seed)
+    eval_env = preset.make_env(seed=spec.seed + 10_000, training=False)
+    recorder = CurveRecorder(
+        eval_env, max(spec.steps // spec.eval_points, 1), spec.eval_episodes, folder / "curve.partial.csv"
+    )
+    model.learn(total_timesteps=spec.steps, callback=recorder)
+    (folder / "curve.partial.csv").replace(folder / "curve.csv")
+    result = {
+        **asdict(spec),
+        "entry": entry,
+        "env_steps": int(model.num_timesteps),
+        "final_return": recorder.rows[-1]["eval_return_mean"],
+        "train_seconds": recorder.train_seconds,
+        "seconds_per_step": recorder.train_seconds / max(model.num_timesteps, 1),
+        "peak_return": max(row["eval_return_mean"] for row in recorder.rows),
+    }
+    (folder / "result.partial.json").write_text(json.dumps(result, indent=2))
+    (folder / "result.partial.json").replace(folder / "result.json")
+    return result
+
+
+def is_finished(spec: RunSpec, root: Path) -> bool:
+    return (spec.folder(root) / "result.json").exists()
+
+
+def _run_safely(spec: RunSpec, root: Path) -> tuple[RunSpec, dict | None, str | None]:
+    try:
+        return spec, run_one(spec, root), None
+    except Exception:
+        return spec, None, traceback.format_exc()
+
+
+def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSpec, str]]:
+    """
+    Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped.
+
+    :return: The runs that failed, with their tracebacks (the others are not held up by them)
+    """
+    todo = [spec for spec in specs if not is_finished(spec, root)]
+    print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
+    failures = []
+    with ProcessPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = [pool.submit(_run_safely, spec, root) for spec in todo]
+        for done, future in enumerate(as_completed(futures), start=1):
+            spec, result, error = future.result()
+            label = f"[{done}/{len(todo)}] {spec.algo} {spec.env_id} seed {spec.seed}"
+            if error is None:
+                print(f"{label}: final {result['final_return']:.1f} in {result['train_seconds']:.0f}s", flush=True)
+            else:
+                print(f"{label}: FAILED\n{error}", flush=True)
+                failures.append((spec, error))
+    return failures
+
+
+def load_runs(root: Path) -> list[dict]:
+    """Every finished run with its curve (``curve``: array of rows ``CURVE_FIELDS``)."""
+    runs = []
+    for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
+        result = json.loads(result_file.read_text())
+        result["curve"] = np.loadtxt(result_file.parent / "curve.csv", delimiter=",", skiprows=1, ndmin=2)
+        runs.append(result)
+    return runs
