@@ -1,0 +1,137 @@
+"""The benchmark runner: runs and curves, resume after a kill, the report, and its statistics on hand-made scores."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+
+pytest.importorskip("rliable", reason="the benchmark extra is not installed")
+pytest.importorskip("sb3_contrib", reason="the benchmark extra is not installed")
+
+from sb3_r2vpo.benchmark.__main__ import main
+from sb3_r2vpo.benchmark.baselines import SPO
+from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM, register_envs
+from sb3_r2vpo.benchmark.report import (
+    RANDOM_SCORES,
+    REFERENCE_SCORES,
+    aggregate,
+    normalize,
+    probability_of_improvement,
+    score_matrices,
+)
+from sb3_r2vpo.benchmark.runner import load_runs
+
+
+def test_runner_writes_curves_and_report(tmp_path):
+    out = tmp_path / "results"
+    args = ["--envs", "CartPole-v1", "InvertedPendulum-v5", "--algos", "r2vpo", "ppo", "--seeds", "0", "1", "--steps", "1024"]
+    main(["run", *args, "--eval-points", "2", "--eval-episodes", "2", "--jobs", "2", "--out", str(out)])
+    runs = load_runs(out)
+    assert len(runs) == 8
+    for run in runs:
+        assert run["curve"].shape == (3, 4)  # evaluations at 0, 512 and 1024 steps
+        assert list(run["curve"][:, 0]) == [0, 512, 1024]
+        assert run["env_steps"] >= 1024 and run["seconds_per_step"] > 0
+        assert run["final_return"] == run["curve"][-1, 2]
+    with open(out / "runs" / "InvertedPendulum-v5" / "ppo" / "seed0" / "curve.csv") as file:
+        assert next(csv.reader(file)) == ["env_steps", "train_seconds", "eval_return_mean", "eval_return_std"]
+
+    report_dir = tmp_path / "report"
+    main(["report", "--out", str(out), "--report-dir", str(report_dir), "--reps", "100"])
+    report = (report_dir / "REPORT.md").read_text()
+    assert "| algorithm | seeds | IQM [95% CI] | mean [95% CI] |" in report
+    assert "| InvertedPendulum-v5 | r2vpo | 2 | 1024 |" in report
+    assert "P(R2VPO > X)" in report and "Wall time per env step" in report
+    for plot in ("aggregates.png", "performance_profiles.png", "sample_efficiency.png"):
+        assert (report_dir / plot).read_bytes()[:4] == b"\x89PNG"
+
+    # A second run of the same command finds everything finished.
+    started = time.perf_counter()
+    main(["run", *args, "--eval-points", "2", "--eval-episodes", "2", "--jobs", "1", "--out", str(out)])
+    assert time.perf_counter() - started < 5
+
+
+def test_killed_run_restarts_cleanly(tmp_path):
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "sb3_r2vpo.benchmark", "run", "--envs", "InvertedPendulum-v5", "--algos", "r2vpo"]
+    command += ["--seeds", "0", "--steps", "20000", "--eval-points", "40", "--eval-episodes", "1", "--jobs", "1"]
+    command += ["--out", str(out)]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "runs" / "InvertedPendulum-v5" / "r2vpo" / "seed0" / "curve.partial.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (partial.exists() and len(partial.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not (partial.parent / "result.json").exists()
+
+    main(["run", *command[command.index("--envs") :][:-2], "--out", str(out), "--steps", "2000", "--eval-points", "2"])
+    (run,) = load_runs(out)
+    assert run["steps"] == 2000 and list(run["curve"][:, 0]) == [0, 1000, 2000, 2016]  # 32-step rollouts run past 2000
+    assert not partial.exists()
+
+
+def test_normalisation_and_rliable_on_hand_made_scores():
+    assert normalize(RANDOM_SCORES["Hopper-v5"], "Hopper-v5") == pytest.approx(0.0)
+    assert normalize(REFERENCE_SCORES["Hopper-v5"], "Hopper-v5") == pytest.approx(1.0)
+    assert normalize(-698.0, "Pendulum-v1") == pytest.approx((-698.0 + 1245.9) / (-150.0 + 1245.9))
+
+    matrices = {
+        "r2vpo": np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [10.0, 100.0]]),
+    }
+    matrices["ppo"] = matrices["r2vpo"] - 200.0  # every PPO run below every R2VPO run of the same task
+    matrices["twin"] = matrices["r2vpo"].copy()
+    estimates, intervals = aggregate(matrices, reps=200)
+    # Flattened r2vpo scores sorted: 0 0 0 1 1 1 10 100 -> IQM = mean(0, 1, 1, 1), mean = 113 / 8.
+    assert estimates["r2vpo"][0] == pytest.approx(0.75)
+    assert estimates["r2vpo"][1] == pytest.approx(113 / 8)
+    assert intervals["r2vpo"].shape == (2, 2) and intervals["r2vpo"][0, 1] <= 113 / 8 <= intervals["r2vpo"][1, 1]
+    improvement, _ = probability_of_improvement(matrices, reps=200)
+    assert float(np.squeeze(improvement["r2vpo,ppo"])) == pytest.approx(1.0)
+    assert float(np.squeeze(improvement["r2vpo,twin"])) == pytest.approx(0.5)  # ties count one half
+
+
+def test_score_matrices_keep_seeds_complete_on_every_task():
+    curve = np.zeros((1, 4))
+    runs = [
+        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 0, "final_return": 500.0, "curve": curve},
+        {"algo": "ppo", "env_id": "Pendulum-v1", "seed": 0, "final_return": -150.0, "curve": curve},
+        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 1, "final_return": 22.9, "curve": curve},  # no Pendulum seed 1
+    ]
+    matrices, tasks, seeds = score_matrices(runs)
+    assert tasks == ["CartPole-v1", "Pendulum-v1"] and seeds["ppo"] == [0]
+    np.testing.assert_allclose(matrices["ppo"], [[1.0, 1.0]])
+
+
+def test_spo_loss_matches_its_formula():
+    model = SPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, spo_epsilon=0.2)
+    ratio = th.tensor([0.8, 1.0, 1.5])
+    advantages = th.tensor([1.0, -2.0, 0.5])
+    loss, surrogate, _ = model._policy_loss(ratio, advantages, 0.04)
+    expected = -(ratio * advantages - advantages.abs() * (ratio - 1) ** 2 / 0.4).mean()
+    assert loss.item() == pytest.approx(expected.item())
+    assert surrogate.item() == pytest.approx(-(ratio * advantages).mean().item())
+    multiplier = model.lagrange_multiplier
+    model.learn(128)
+    assert model.lagrange_multiplier == multiplier  # SPO has no dual variable
+
+
+def test_drifting_pendulum_changes_physics_between_episodes():
+    register_envs()
+    env = gym.make(DRIFTING_PENDULUM)
+    masses, lengths = [], []
+    for episode in range(30):
+        env.reset(seed=episode)
+        masses.append(env.unwrapped.m)
+        lengths.append(env.unwrapped.l)
+    assert max(masses) / min(masses) > 1.5 and max(lengths) / min(lengths) > 1.2
+    assert min(masses) >= 0.7 - 1e-9 and max(masses) <= 1.3 + 1e-9
+    assert json.dumps(masses)  # plain floats
