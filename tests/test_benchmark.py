@@ -128,7 +128,7 @@ def test_drifting_pendulum_changes_physics_between_episodes():
     register_envs()
     env = gym.make(DRIFTING_PENDULUM)
     masses, lengths = [], []
-    for episode in range(30):
+    for episode in range(100):  # one full period
         env.reset(seed=episode)
         masses.append(env.unwrapped.m)
         lengths.append(env.unwrapped.l)
