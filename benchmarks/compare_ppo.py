@@ -22,26 +22,12 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
 
-from sb3_r2vpo.presets import get_preset
+from sb3_r2vpo.presets import get_preset, r2vpo_only_arguments
 
 # PPO's clip from rl_zoo3 2.9's ppo.yml entry of each task (the rest of the entry is shared with r2vpo.yml).
 PPO_CLIP = {
     "CartPole-v1": LinearSchedule(0.2, 0.0, 1.0),
     "Pendulum-v1": 0.2,
-}
-# Arguments only R2VPO takes; dropped when the same entry builds PPO.
-R2VPO_ONLY = {
-    "variance_target",
-    "initial_lagrange_multiplier",
-    "lagrange_multiplier_min",
-    "lagrange_multiplier_max",
-    "dual_update",
-    "dual_step_size",
-    "dual_step_clip",
-    "dual_update_frequency",
-    "variance_center",
-    "log_ratio_guard",
-    "max_nonfinite_steps",
 }
 
 
@@ -53,7 +39,7 @@ def run_one(algo: str, env_id: str, seed: int, steps: int | None, eval_episodes:
     if algo == "r2vpo":
         model = preset.make_model(seed=seed, env=env)
     else:
-        kwargs = {key: value for key, value in preset.model_kwargs.items() if key not in R2VPO_ONLY}
+        kwargs = {key: value for key, value in preset.model_kwargs.items() if key not in r2vpo_only_arguments()}
         model = PPO(preset.policy, env, seed=seed, clip_range=PPO_CLIP[env_id], **kwargs)
     start = time.perf_counter()
     model.learn(total_timesteps=budget)

@@ -22,11 +22,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
 
-from sb3_r2vpo.presets import get_preset
+from sb3_r2vpo.presets import get_preset, r2vpo_only_arguments
 from sb3_r2vpo.tuning import optimize
 
 PPO_ZOO_CLIP = {"Pendulum-v1": 0.2, "CartPole-v1": LinearSchedule(0.2, 0.0, 1.0)}
-R2VPO_ONLY = ("variance_target", "dual_step_size", "dual_update", "dual_update_frequency", "variance_center")
 
 
 def evaluate_setting(name: str, env_id: str, build, seeds: list[int], steps: int, episodes: int, out: Path) -> list[float]:
@@ -69,7 +68,7 @@ def main(argv: list[str]) -> None:
 
     preset = get_preset(args.env)
     tuned = get_preset(args.env, path=args.out / "best.yml")
-    ppo_kwargs = {k: v for k, v in preset.model_kwargs.items() if k not in R2VPO_ONLY}
+    ppo_kwargs = {k: v for k, v in preset.model_kwargs.items() if k not in r2vpo_only_arguments()}
     settings = {
         "r2vpo_tuned": lambda seed: tuned.make_model(seed=seed),
         "r2vpo_packaged": lambda seed: preset.make_model(seed=seed),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,13 @@ _ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
 _SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # Zoo keys this loader does not implement; the zoo launcher handles them.
 _UNSUPPORTED_KEYS = ("env_wrapper", "frame_stack", "vec_env_wrapper", "callback", "env_kwargs", "normalize_kwargs")
+
+
+def r2vpo_only_arguments() -> frozenset[str]:
+    """Constructor arguments R2VPO has and SB3's PPO has not: what to drop when an R2VPO entry builds PPO."""
+    from stable_baselines3 import PPO
+
+    return frozenset(inspect.signature(R2VPO.__init__).parameters) - frozenset(inspect.signature(PPO.__init__).parameters)
 
 
 def hyperparams_path() -> Path:
