@@ -9,16 +9,17 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import optuna
 import pytest
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
 
-from sb3_r2vpo import R2VPO
-from sb3_r2vpo.presets import get_preset
-from sb3_r2vpo.tuning import TuningError, make_storage, optimize
-from tests.envs import NanRewardEnv
-from tests.postgres import postgres_server
+optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
+from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from sb3_r2vpo import R2VPO  # noqa: E402
+from sb3_r2vpo.presets import get_preset  # noqa: E402
+from sb3_r2vpo.tuning import TuningError, make_storage, optimize  # noqa: E402
+from tests.envs import NanRewardEnv  # noqa: E402
+from tests.postgres import postgres_server  # noqa: E402
 
 # Pinned so that a trial lasts about a second; the search space is otherwise untouched.
 FAST = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16]))
