@@ -401,7 +401,7 @@ class R2VPO(OnPolicyAlgorithm):
 
         # One row of statistics per gradient step, gathered with a single device sync per minibatch.
         step_stats: list[list[float]] = []
-        multiplier_low = multiplier_high = self.lagrange_multiplier
+        multipliers = [self.lagrange_multiplier]  # every value λ takes during this update
         nonfinite_skips = 0
         consecutive_nonfinite = 0
         continue_training = True
@@ -472,22 +472,20 @@ class R2VPO(OnPolicyAlgorithm):
                         ]
                     ).tolist()
 
-                if not math.isfinite(stats[0]) or not math.isfinite(stats[-1]):
-                    nonfinite_skips += 1
-                    consecutive_nonfinite += 1
-                    self._raise_if_diverged(consecutive_nonfinite)
-                    continue
-
-                if self.target_kl is not None and stats[1] > 1.5 * self.target_kl:
+                finite = math.isfinite(stats[0]) and math.isfinite(stats[-1])
+                if finite and self.target_kl is not None and stats[1] > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {stats[1]:.2f}")
                     break
 
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                if not th.isfinite(grad_norm):
+                if finite:
+                    self.policy.optimizer.zero_grad()
+                    loss.backward()
+                    grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                    finite = bool(th.isfinite(grad_norm))
+                if not finite:
+                    # Nothing of this minibatch may reach the weights or λ.
                     self.policy.optimizer.zero_grad()
                     nonfinite_skips += 1
                     consecutive_nonfinite += 1
@@ -501,15 +499,13 @@ class R2VPO(OnPolicyAlgorithm):
 
                 if self.dual_update_frequency == "minibatch":
                     self._step_dual(stats[0], variance_target)
-                    multiplier_low = min(multiplier_low, self.lagrange_multiplier)
-                    multiplier_high = max(multiplier_high, self.lagrange_multiplier)
+                    multipliers.append(self.lagrange_multiplier)
                 else:
                     epoch_variances.append(stats[0])
 
             if epoch_variances:
                 self._step_dual(float(np.mean(epoch_variances)), variance_target)
-                multiplier_low = min(multiplier_low, self.lagrange_multiplier)
-                multiplier_high = max(multiplier_high, self.lagrange_multiplier)
+                multipliers.append(self.lagrange_multiplier)
 
             self._n_updates += 1
             if not continue_training:
@@ -521,7 +517,7 @@ class R2VPO(OnPolicyAlgorithm):
         self._rollout_index += 1
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
-        self._record_train_stats(step_stats, variance_target, multiplier_low, multiplier_high, nonfinite_skips, explained_var)
+        self._record_train_stats(step_stats, variance_target, multipliers, nonfinite_skips, explained_var)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
@@ -564,8 +560,7 @@ class R2VPO(OnPolicyAlgorithm):
         self,
         step_stats: list[list[float]],
         variance_target: float,
-        multiplier_low: float,
-        multiplier_high: float,
+        multipliers: list[float],
         nonfinite_skips: int,
         explained_var: float,
     ) -> None:
@@ -588,8 +583,8 @@ class R2VPO(OnPolicyAlgorithm):
                 self.logger.record(f"train/{key}", float(value))
             self.logger.record("train/loss", float(step_stats[-1][-1]))
         self.logger.record("train/lagrange_multiplier", self.lagrange_multiplier)
-        self.logger.record("train/lagrange_multiplier_min", multiplier_low)
-        self.logger.record("train/lagrange_multiplier_max", multiplier_high)
+        self.logger.record("train/lagrange_multiplier_min", min(multipliers))
+        self.logger.record("train/lagrange_multiplier_max", max(multipliers))
         self.logger.record("train/variance_target", variance_target)
         self.logger.record("train/nonfinite_skips", nonfinite_skips)
         self.logger.record("train/explained_variance", float(explained_var))
