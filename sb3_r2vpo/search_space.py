@@ -27,7 +27,8 @@ def suggest_r2vpo_params(trial: optuna.Trial, additional_args: dict | None = Non
     """
     Suggest R2VPO hyperparameters in the trial's own parametrisation (the names ``trial.params`` holds).
 
-    R2VPO's own knobs: variance target δ (log scale), dual step size, dual update form and frequency, centring.
+    R2VPO's own knobs: variance target δ (log scale), dual step size, dual update form and frequency, centring,
+    and how many stale rollouts to replay (0, 1, 2 or 4).
     The usual on-policy ones: n_steps, batch_size, gamma, gae_lambda, learning_rate, ent_coef, n_epochs,
     max_grad_norm, net_arch, activation.
 
@@ -41,6 +42,7 @@ def suggest_r2vpo_params(trial: optuna.Trial, additional_args: dict | None = Non
         "dual_update": trial.suggest_categorical("dual_update", ["multiplicative", "linear"]),
         "dual_update_frequency": trial.suggest_categorical("dual_update_frequency", ["minibatch", "epoch"]),
         "variance_center": trial.suggest_categorical("variance_center", ["mean", "one"]),
+        "replay_rollouts": trial.suggest_categorical("replay_rollouts", [0, 1, 2, 4]),
         "n_steps_pow": trial.suggest_int("n_steps_pow", 5, max(5, max_n_steps_pow)),
         "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 1e-4, 0.1, log=True),
