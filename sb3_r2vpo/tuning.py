@@ -16,6 +16,7 @@ import copy
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -89,20 +90,28 @@ def make_storage(storage: str | None, heartbeat_interval: int | None = 30, grace
     if url.startswith("sqlite"):
         # Several worker processes on one SQLite file: wait for the lock instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are marked experimental in Optuna; they are what makes killed workers recoverable.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period if heartbeat_interval else None,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None,
-            )
-    except Exception as error:  # SQLAlchemy raises driver-specific errors; all mean "cannot use this URL"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TuningError(f"cannot open the Optuna storage {url!r}: {reason}") from error
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are marked experimental in Optuna; they are what makes killed workers recoverable.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period if heartbeat_interval else None,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)
+                    if heartbeat_interval
+                    else None,
+                )
+        except Exception as error:  # SQLAlchemy raises driver-specific errors; all mean "cannot use this URL"
+            # Workers started together on a new database race to create its tables: the loser retries.
+            if "already exists" in str(error) and attempt < 2:
+                time.sleep(1.0)
+                continue
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TuningError(f"cannot open the Optuna storage {url!r}: {reason}") from error
+    raise AssertionError("unreachable")
 
 
 def base_preset(env_id: str) -> Preset:

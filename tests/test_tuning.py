@@ -26,15 +26,27 @@ FAST = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _worker_script(url: str, study: str, n_trials: int, n_timesteps: int, heartbeat: int = 30, grace: int = 90) -> str:
-    return textwrap.dedent(
-        f"""
-        from sb3_r2vpo.tuning import optimize
+def _worker_script(
+    url: str, study: str, n_trials: int, n_timesteps: int, heartbeat: int = 30, grace: int = 90, barrier: Path | None = None
+) -> str:
+    """A worker; with ``barrier``, it announces itself (``<barrier>.<pid>``) and waits for ``barrier`` to exist."""
+    wait = (
+        f"import os, pathlib, time; pathlib.Path({str(barrier)!r} + '.' + str(os.getpid())).touch()\n"
+        f"while not pathlib.Path({str(barrier)!r}).exists(): time.sleep(0.05)\n"
+        if barrier
+        else ""
+    )
+    return (
+        "from sb3_r2vpo.tuning import optimize\n"
+        + wait
+        + textwrap.dedent(
+            f"""
         optimize("CartPole-v1", {n_trials}, storage={url!r}, study_name={study!r}, n_timesteps={n_timesteps},
                  n_evaluations=2, n_eval_episodes=2, show_progress=False, seed=None,
                  heartbeat_interval={heartbeat}, grace_period={grace},
                  fixed_params=dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16])))
         """
+        )
     )
 
 
@@ -96,7 +108,13 @@ def _assert_exact(study: optuna.Study, n_trials: int) -> None:
 
 
 def _two_workers(url: str, tmp_path: Path, n_trials: int = 6) -> optuna.Study:
-    workers = [_start_worker(_worker_script(url, "shared", n_trials, 1024)) for _ in range(2)]
+    # Both workers start optimizing at the same moment, on a storage neither has created yet.
+    barrier = tmp_path / "go"
+    workers = [_start_worker(_worker_script(url, "shared", n_trials, 1024, barrier=barrier)) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    barrier.touch()
     for worker in workers:
         _, stderr = worker.communicate(timeout=600)
         assert worker.returncode == 0, stderr[-2000:]
