@@ -39,7 +39,8 @@ def run_one(algo: str, env_id: str, seed: int, steps: int | None, eval_episodes:
     if algo == "r2vpo":
         model = preset.make_model(seed=seed, env=env)
     else:
-        kwargs = {key: value for key, value in preset.model_kwargs.items() if key not in r2vpo_only_arguments()}
+        r2vpo_only = r2vpo_only_arguments()
+        kwargs = {key: value for key, value in preset.model_kwargs.items() if key not in r2vpo_only}
         model = PPO(preset.policy, env, seed=seed, clip_range=PPO_CLIP[env_id], **kwargs)
     start = time.perf_counter()
     model.learn(total_timesteps=budget)

@@ -68,7 +68,8 @@ def main(argv: list[str]) -> None:
 
     preset = get_preset(args.env)
     tuned = get_preset(args.env, path=args.out / "best.yml")
-    ppo_kwargs = {k: v for k, v in preset.model_kwargs.items() if k not in r2vpo_only_arguments()}
+    r2vpo_only = r2vpo_only_arguments()
+    ppo_kwargs = {k: v for k, v in preset.model_kwargs.items() if k not in r2vpo_only}
     settings = {
         "r2vpo_tuned": lambda seed: tuned.make_model(seed=seed),
         "r2vpo_packaged": lambda seed: preset.make_model(seed=seed),
