@@ -274,6 +274,10 @@ def write_report(
         shown = f"{fraction:.2f}" if np.isfinite(fraction) else "not reached"
         lines.append(f"| {env_id} | {algo} | {shown} | {reached}/{total} |")
     lines += ["", "## Wall time per env step, relative to PPO on the same task (median over seeds)", ""]
+    lines += [
+        "Training time only (evaluation excluded); runs made at different times on a shared machine compare roughly.",
+        "",
+    ]
     lines += ["| task | algorithm | s per 1k steps | ratio to PPO |", "|---|---|---|---|"]
     for (env_id, algo), group in sorted(grouped.items()):
         per_step = float(np.median([run["seconds_per_step"] for run in group]))
