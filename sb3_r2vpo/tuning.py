@@ -49,6 +49,10 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 }
 
 
+# What SQLite and PostgreSQL say when another worker created the study's tables a moment earlier.
+_CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
 class TuningError(ValueError):
     """A tuning request that cannot start; the message says which argument and why."""
 
@@ -105,8 +109,9 @@ def make_storage(storage: str | None, heartbeat_interval: int | None = 30, grace
                     else None,
                 )
         except Exception as error:  # SQLAlchemy raises driver-specific errors; all mean "cannot use this URL"
-            # Workers started together on a new database race to create its tables: the loser retries.
-            if "already exists" in str(error) and attempt < 2:
+            # Workers started together on a new database race to create its tables and schema version
+            # row: the loser sees a table or row that already exists, and retries.
+            if any(sign in str(error) for sign in _CREATION_RACE) and attempt < 2:
                 time.sleep(1.0)
                 continue
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
