@@ -26,6 +26,19 @@ _SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 _UNSUPPORTED_KEYS = ("env_wrapper", "frame_stack", "vec_env_wrapper", "callback", "env_kwargs", "normalize_kwargs")
 
 
+def check_env_id(env_id: str) -> None:
+    """
+    :raises ValueError: ``env_id`` is not registered with gymnasium; the message suggests the closest id
+    """
+    import difflib
+
+    import gymnasium as gym
+
+    if env_id not in gym.envs.registry:
+        close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=1)
+        raise ValueError(f"unknown environment id {env_id!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def r2vpo_only_arguments() -> frozenset[str]:
     """Constructor arguments R2VPO has and SB3's PPO has not: what to drop when an R2VPO entry builds PPO."""
     from stable_baselines3 import PPO
@@ -49,6 +62,8 @@ def load_hyperparams(path: str | Path | None = None) -> dict[str, dict[str, Any]
     try:
         with open(path) as file:
             data = yaml.safe_load(file)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the hyperparameter file: {error.strerror}") from error
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: malformed YAML: {error}") from error
     if not isinstance(data, dict):

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import optuna
 import yaml
@@ -31,7 +30,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from stable_baselines3.common.callbacks import EvalCallback
 
-from sb3_r2vpo.presets import Preset, get_preset, load_hyperparams
+from sb3_r2vpo.presets import Preset, check_env_id, get_preset, load_hyperparams
 from sb3_r2vpo.r2vpo import NonFiniteTrainingError
 from sb3_r2vpo.search_space import convert_r2vpo_params, sample_r2vpo_params
 
@@ -121,11 +120,10 @@ def make_storage(storage: str | None, heartbeat_interval: int | None = 30, grace
 
 def base_preset(env_id: str) -> Preset:
     """The packaged entry of ``env_id`` when there is one, else the library defaults on one env."""
-    if env_id not in gym.envs.registry:
-        import difflib
-
-        close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=1)
-        raise TuningError(f"unknown environment id {env_id!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    try:
+        check_env_id(env_id)
+    except ValueError as error:
+        raise TuningError(str(error)) from None
     if env_id in load_hyperparams():
         return get_preset(env_id)
     return Preset(env_id=env_id)

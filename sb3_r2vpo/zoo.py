@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sb3_r2vpo.presets import hyperparams_path
+from sb3_r2vpo.presets import check_env_id, hyperparams_path, load_hyperparams
 from sb3_r2vpo.r2vpo import R2VPO
 
 ALGO_NAME = "r2vpo"
@@ -81,14 +79,9 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
     :raises ZooConfigError: naming the file, the entry and the offending key
     """
     try:
-        with open(config) as file:
-            data = yaml.safe_load(file)
-    except OSError as error:
-        raise ZooConfigError(f"{config}: cannot read the hyperparameter file: {error.strerror}") from error
-    except yaml.YAMLError as error:
-        raise ZooConfigError(f"{config}: malformed YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ZooConfigError(f"{config}: expected a mapping of env ids to hyperparameters, got {type(data).__name__}")
+        data = load_hyperparams(config)
+    except ValueError as error:
+        raise ZooConfigError(str(error)) from error
     name = env_id
     if name not in data:
         if "NoFrameskip" in env_id or env_id.startswith("ALE/"):
@@ -109,7 +102,6 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
 
 def _prepare_train_argv(argv: list[str]) -> list[str]:
     """Add the packaged config for ``--algo r2vpo`` and check the env id and the entry up front."""
-    import gymnasium as gym
     import rl_zoo3.import_envs  # noqa: F401  (registers the extra envs the zoo knows)
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -120,10 +112,10 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
     known, _ = parser.parse_known_args(argv)
     for module in known.gym_packages:
         __import__(module)
-    if known.env not in gym.envs.registry:
-        close = difflib.get_close_matches(known.env, list(gym.envs.registry), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ZooConfigError(f"unknown environment id {known.env!r}{hint}")
+    try:
+        check_env_id(known.env)
+    except ValueError as error:
+        raise ZooConfigError(str(error)) from None
     if known.algo != ALGO_NAME:
         return argv
     config = known.conf_file
