@@ -26,6 +26,7 @@ from sb3_r2vpo.benchmark.report import (
     normalize,
     probability_of_improvement,
     score_matrices,
+    write_report,
 )
 from sb3_r2vpo.benchmark.runner import load_runs
 
@@ -109,6 +110,33 @@ def test_score_matrices_keep_seeds_complete_on_every_task():
     matrices, tasks, seeds = score_matrices(runs)
     assert tasks == ["CartPole-v1", "Pendulum-v1"] and seeds["ppo"] == [0]
     np.testing.assert_allclose(matrices["ppo"], [[1.0, 1.0]])
+
+
+def test_replay_variants_do_not_shrink_the_main_comparison(tmp_path):
+    curve = np.array([[0.0, 0.0, -1200.0, 0.0], [1000.0, 1.0, -150.0, 0.0]])
+    runs = [
+        {
+            "algo": algo,
+            "env_id": env_id,
+            "seed": seed,
+            "steps": 1000,
+            "final_return": -150.0 - seed,
+            "peak_return": -150.0,
+            "seconds_per_step": 0.001 * (1 + (algo == "r2vpo-k2")),
+            "entry": "test",
+            "curve": curve,
+        }
+        for seed in (0, 1)
+        for env_id in ("Pendulum-v1", "DriftingPendulum-v1")
+        for algo in ("ppo", "r2vpo", "r2vpo-k2")
+        if not (algo == "r2vpo-k2" and env_id == "DriftingPendulum-v1")  # replay studied on Pendulum only
+    ]
+    report = write_report(runs, tmp_path, "test", reps=50).read_text()
+    main_section, replay_section = report.split("## Replay")[0], report.split("## Replay")[1].split("## Per task")[0]
+    assert "Tasks: DriftingPendulum-v1, Pendulum-v1." in main_section and "r2vpo-k2" not in main_section
+    assert "Tasks: Pendulum-v1." in replay_section and "| r2vpo-k2 | 2 |" in replay_section
+    assert "| Pendulum-v1 | r2vpo-k2 | 2.00 | 2.00 | 2.00 |" in report  # wall time per step vs PPO and vs K = 0
+    assert (tmp_path / "replay_aggregates.png").exists()
 
 
 def test_spo_loss_matches_its_formula():

@@ -205,49 +205,81 @@ def _plot_efficiency(curves: dict[str, np.ndarray], path: Path, reps: int) -> No
     plt.close(fig)
 
 
+def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) -> list[str]:
+    """rliable aggregates, profiles, P(improvement) and efficiency curves for ``runs``; plots named ``prefix*``."""
+    matrices, tasks, seeds_used = score_matrices(runs)
+    if not matrices:
+        return ["No task was finished by every algorithm of this comparison yet.", ""]
+    estimates, intervals = aggregate(matrices, reps)
+    lines = [
+        f"Tasks: {', '.join(tasks)}.",
+        "",
+        "| algorithm | seeds | IQM [95% CI] | mean [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for algo in sorted(matrices):
+        (iqm, mean), ci = estimates[algo], intervals[algo]
+        lines.append(
+            f"| {algo} | {len(seeds_used[algo])} | {iqm:.3f} [{ci[0, 0]:.3f}, {ci[1, 0]:.3f}] | "
+            f"{mean:.3f} [{ci[0, 1]:.3f}, {ci[1, 1]:.3f}] |"
+        )
+    _plot_aggregates(estimates, intervals, out_dir / f"{prefix}aggregates.png")
+    _plot_profiles(matrices, out_dir / f"{prefix}performance_profiles.png")
+    lines += [
+        "",
+        f"![aggregates]({prefix}aggregates.png)",
+        "",
+        f"![performance profiles]({prefix}performance_profiles.png)",
+        "",
+    ]
+    improvement, improvement_ci = probability_of_improvement(matrices, reps)
+    if improvement:
+        lines += ["| P(R2VPO > X) | estimate [95% CI] |", "|---|---|"]
+        for pair, value in improvement.items():
+            low, high = np.asarray(improvement_ci[pair]).ravel()
+            lines.append(f"| {pair.split(',')[1]} | {float(np.squeeze(value)):.3f} [{low:.3f}, {high:.3f}] |")
+        lines.append("")
+    curves = sample_efficiency(runs, tasks)
+    if curves:
+        _plot_efficiency(curves, out_dir / f"{prefix}sample_efficiency.png", reps=max(reps // 4, 200))
+        lines += [f"![sample efficiency]({prefix}sample_efficiency.png)", ""]
+    return lines
+
+
+def is_replay_variant(algo: str) -> bool:
+    return algo.startswith(f"{OURS}-k")
+
+
 def write_report(
     runs: list[dict], out_dir: Path, command: str, reps: int = 2000, runs_dir: str = "benchmarks/results"
 ) -> Path:
-    """Write ``REPORT.md`` and its plots into ``out_dir``; returns the report's path."""
+    """
+    Write ``REPORT.md`` and its plots into ``out_dir``; returns the report's path. The main comparison leaves
+    the replay variants (``r2vpo-k<K>``) out, so that the tasks they were not run on stay in it; they get their
+    own section against PPO and R2VPO on the tasks they share.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    matrices, tasks, seeds_used = score_matrices(runs)
     lines = [
         "# Benchmark report",
         "",
         f"Produced by `{command}` from the runs under `{runs_dir}/runs/`.",
         "Scores are min-max normalised per task (0 = uniformly random policy, 1 = the reference score in",
-        "`sb3_r2vpo/benchmark/report.py`); aggregates are over the tasks every algorithm finished, with 95%",
-        "stratified-bootstrap confidence intervals from rliable.",
+        "`sb3_r2vpo/benchmark/report.py`); aggregates are over the tasks every algorithm of the comparison",
+        "finished, with 95% stratified-bootstrap confidence intervals from rliable.",
+        "",
+        "## Main comparison",
         "",
     ]
-    if matrices:
-        estimates, intervals = aggregate(matrices, reps)
+    lines += _aggregate_section([run for run in runs if not is_replay_variant(run["algo"])], out_dir, "", reps)
+    replay_runs = [run for run in runs if is_replay_variant(run["algo"])]
+    if replay_runs:
+        replay_tasks = {run["env_id"] for run in replay_runs}
+        compared = [run for run in runs if run["env_id"] in replay_tasks and run["algo"] in (BASELINE, OURS)]
         lines += [
-            f"Tasks: {', '.join(tasks)}.",
+            "## Replay: R2VPO with replay_rollouts = K (r2vpo-k<K>; r2vpo is K = 0)",
             "",
-            "| algorithm | seeds | IQM [95% CI] | mean [95% CI] |",
-            "|---|---|---|---|",
         ]
-        for algo in sorted(matrices):
-            (iqm, mean), ci = estimates[algo], intervals[algo]
-            lines.append(
-                f"| {algo} | {len(seeds_used[algo])} | {iqm:.3f} [{ci[0, 0]:.3f}, {ci[1, 0]:.3f}] | "
-                f"{mean:.3f} [{ci[0, 1]:.3f}, {ci[1, 1]:.3f}] |"
-            )
-        _plot_aggregates(estimates, intervals, out_dir / "aggregates.png")
-        _plot_profiles(matrices, out_dir / "performance_profiles.png")
-        lines += ["", "![aggregates](aggregates.png)", "", "![performance profiles](performance_profiles.png)", ""]
-        improvement, improvement_ci = probability_of_improvement(matrices, reps)
-        if improvement:
-            lines += ["| P(R2VPO > X) | estimate [95% CI] |", "|---|---|"]
-            for pair, value in improvement.items():
-                low, high = np.asarray(improvement_ci[pair]).ravel()
-                lines.append(f"| {pair.split(',')[1]} | {float(np.squeeze(value)):.3f} [{low:.3f}, {high:.3f}] |")
-            lines.append("")
-        curves = sample_efficiency(runs, tasks)
-        if curves:
-            _plot_efficiency(curves, out_dir / "sample_efficiency.png", reps=max(reps // 4, 200))
-            lines += ["![sample efficiency](sample_efficiency.png)", ""]
+        lines += _aggregate_section(compared + replay_runs, out_dir, "replay_", reps)
 
     lines += ["## Per task: final return, mean ± std over seeds (peak, and what was lost by the end)", ""]
     grouped = defaultdict(list)
@@ -278,12 +310,18 @@ def write_report(
         "Training time only (evaluation excluded); runs made at different times on a shared machine compare roughly.",
         "",
     ]
-    lines += ["| task | algorithm | s per 1k steps | ratio to PPO |", "|---|---|---|---|"]
-    for (env_id, algo), group in sorted(grouped.items()):
-        per_step = float(np.median([run["seconds_per_step"] for run in group]))
-        ppo = grouped.get((env_id, BASELINE))
-        ratio = per_step / float(np.median([run["seconds_per_step"] for run in ppo])) if ppo else float("nan")
-        lines.append(f"| {env_id} | {algo} | {1000 * per_step:.2f} | {ratio:.2f} |")
+    lines += ["| task | algorithm | s per 1k steps | ratio to PPO | ratio to R2VPO |", "|---|---|---|---|---|"]
+
+    def median_per_step(key: tuple[str, str]) -> float:
+        group = grouped.get(key)
+        return float(np.median([run["seconds_per_step"] for run in group])) if group else float("nan")
+
+    for env_id, algo in sorted(grouped):
+        per_step = median_per_step((env_id, algo))
+        lines.append(
+            f"| {env_id} | {algo} | {1000 * per_step:.2f} | {per_step / median_per_step((env_id, BASELINE)):.2f} | "
+            f"{per_step / median_per_step((env_id, OURS)):.2f} |"
+        )
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
