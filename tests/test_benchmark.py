@@ -26,6 +26,7 @@ from sb3_r2vpo.benchmark.report import (
     normalize,
     probability_of_improvement,
     score_matrices,
+    steps_to_reach,
     write_report,
 )
 from sb3_r2vpo.benchmark.runner import load_runs
@@ -137,6 +138,36 @@ def test_replay_variants_do_not_shrink_the_main_comparison(tmp_path):
     assert "Tasks: Pendulum-v1." in replay_section and "| r2vpo-k2 | 2 |" in replay_section
     assert "| Pendulum-v1 | r2vpo-k2 | 2.00 | 2.00 | 2.00 |" in report  # wall time per step vs PPO and vs K = 0
     assert (tmp_path / "replay_aggregates.png").exists()
+
+
+def test_steps_to_reach_ppo_final_on_hand_made_curves():
+    steps = np.array([0.0, 250.0, 500.0, 750.0, 1000.0])
+
+    def run(algo, seed, returns):
+        curve = np.column_stack([steps, steps / 1000, returns, np.zeros(5)])
+        return {
+            "algo": algo,
+            "env_id": "Pendulum-v1",
+            "seed": seed,
+            "steps": 1000,
+            "final_return": returns[-1],
+            "curve": curve,
+        }
+
+    runs = [
+        run("ppo", 0, [-1200, -800, -400, -300, -200]),
+        run("ppo", 1, [-1200, -900, -500, -300, -200]),  # PPO's final mean: -200
+        run("r2vpo", 0, [-1200, -100, -900, -150, -150]),  # one lucky evaluation at 250 steps
+        run("r2vpo", 1, [-1200, -1000, -900, -190, -150]),
+        run("r2vpo-k2", 0, [-1200, -1200, -1200, -1200, -1200]),
+        run("r2vpo-k2", 1, [-1200, -1200, -1200, -1200, -1200]),
+    ]
+    found = steps_to_reach(runs)
+    assert found[("Pendulum-v1", "ppo")] == (1.0, 1.0, 2, 2)
+    # seed-mean curve: -650, -905, -170 -> first at 750 steps; per seed: 250 and 750 -> median 0.5
+    assert found[("Pendulum-v1", "r2vpo")] == (0.75, 0.5, 2, 2)
+    on_mean, median, reached, total = found[("Pendulum-v1", "r2vpo-k2")]
+    assert np.isinf(on_mean) and np.isinf(median) and (reached, total) == (0, 2)
 
 
 def test_spo_loss_matches_its_formula():
