@@ -253,6 +253,7 @@ def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) 
 
 
 def is_replay_variant(algo: str) -> bool:
+    """Whether ``algo`` is R2VPO with replay (``r2vpo-k<K>``), which runs only on the replay study's tasks."""
     return algo.startswith(f"{OURS}-k")
 
 
