@@ -161,13 +161,16 @@ def test_steps_to_reach_ppo_final_on_hand_made_curves():
         run("r2vpo", 1, [-1200, -1000, -900, -190, -150]),
         run("r2vpo-k2", 0, [-1200, -1200, -1200, -1200, -1200]),
         run("r2vpo-k2", 1, [-1200, -1200, -1200, -1200, -1200]),
+        run("r2vpo-k4", 0, [-100, -1200, -1200, -1200, -1200]),  # only the untrained policy was good enough
+        run("r2vpo-k4", 1, [-100, -1200, -1200, -1200, -1200]),
     ]
     found = steps_to_reach(runs)
     assert found[("Pendulum-v1", "ppo")] == (1.0, 1.0, 2, 2)
     # seed-mean curve: -650, -905, -170 -> first at 750 steps; per seed: 250 and 750 -> median 0.5
     assert found[("Pendulum-v1", "r2vpo")] == (0.75, 0.5, 2, 2)
-    on_mean, median, reached, total = found[("Pendulum-v1", "r2vpo-k2")]
-    assert np.isinf(on_mean) and np.isinf(median) and (reached, total) == (0, 2)
+    for algo in ("r2vpo-k2", "r2vpo-k4"):
+        on_mean, median, reached, total = found[("Pendulum-v1", algo)]
+        assert np.isinf(on_mean) and np.isinf(median) and (reached, total) == (0, 2)
 
 
 def test_spo_loss_matches_its_formula():

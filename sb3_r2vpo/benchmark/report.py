@@ -103,8 +103,12 @@ def probability_of_improvement(matrices: dict[str, np.ndarray], reps: int = 2000
 
 
 def _first_crossing(steps: np.ndarray, returns: np.ndarray, target: float) -> float:
-    """Env steps of the first evaluation at or above ``target`` (inf if none)."""
-    hit = np.nonzero(returns >= target)[0]
+    """
+    Env steps of the first evaluation after training started at or above ``target`` (inf if none). The
+    untrained policy's evaluation does not count: on CartPole a freshly initialised deterministic policy can
+    score 500, which says nothing about learning.
+    """
+    hit = np.nonzero((returns >= target) & (steps > 0))[0]
     return float(steps[hit[0]]) if len(hit) else np.inf
 
 
