@@ -17,6 +17,7 @@ pytest.importorskip("rliable", reason="the benchmark extra is not installed")
 pytest.importorskip("sb3_contrib", reason="the benchmark extra is not installed")
 
 from sb3_r2vpo.benchmark.__main__ import main
+from sb3_r2vpo.benchmark.algorithms import same_run_as
 from sb3_r2vpo.benchmark.baselines import SPO
 from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM, register_envs
 from sb3_r2vpo.benchmark.report import (
@@ -29,7 +30,7 @@ from sb3_r2vpo.benchmark.report import (
     steps_to_reach,
     write_report,
 )
-from sb3_r2vpo.benchmark.runner import load_runs
+from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_one
 
 
 def test_runner_writes_curves_and_report(tmp_path):
@@ -79,6 +80,33 @@ def test_killed_run_restarts_cleanly(tmp_path):
     (run,) = load_runs(out)
     assert run["steps"] == 2000 and list(run["curve"][:, 0]) == [0, 1000, 2000, 2016]  # 32-step rollouts run past 2000
     assert not partial.exists()
+
+
+def test_matched_run_is_copied_where_our_entry_is_ppos_and_would_train_identically(tmp_path):
+    register_envs()
+    assert same_run_as("r2vpo-matched", "MountainCarContinuous-v0") == "r2vpo"  # r2vpo.yml = ppo.yml's entry there
+    assert same_run_as("r2vpo-matched", "CartPole-v1") is None  # our entry differs
+    assert same_run_as("ppo", "MountainCarContinuous-v0") is None
+
+    out = tmp_path / "results"
+    args = ["--envs", "MountainCarContinuous-v0", "--algos", "r2vpo-matched", "r2vpo", "--seeds", "3", "--steps", "256"]
+    main(["run", *args, "--eval-points", "1", "--eval-episodes", "1", "--jobs", "1", "--out", str(out)])
+    ours, matched = sorted(load_runs(out), key=lambda run: run["algo"])
+    assert (ours["algo"], matched["algo"]) == ("r2vpo", "r2vpo-matched")
+    assert matched["same_run_as"] == "r2vpo" and "same_run_as" not in ours
+    assert matched["entry"].startswith("ppo.yml:") and ours["entry"].startswith("r2vpo.yml:")
+    np.testing.assert_array_equal(matched["curve"], ours["curve"])
+
+    # The copy stands for a training run of its own: train r2vpo-matched for real and compare.
+    trained = run_one(RunSpec("r2vpo-matched", "MountainCarContinuous-v0", 3, 256, 1, 1), tmp_path / "trained")
+    assert trained["final_return"] == matched["final_return"]
+    curve = np.loadtxt(
+        tmp_path / "trained" / "runs" / "MountainCarContinuous-v0" / "r2vpo-matched" / "seed3" / "curve.csv",
+        delimiter=",",
+        skiprows=1,
+        ndmin=2,
+    )
+    np.testing.assert_array_equal(curve[:, [0, 2, 3]], matched["curve"][:, [0, 2, 3]])  # wall time aside
 
 
 def test_normalisation_and_rliable_on_hand_made_scores():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
+from typing import Any
 
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -43,33 +45,86 @@ def preset_for(env_id: str, path: Path | None) -> tuple[Preset, str]:
     return preset, f"{path.name if path else 'r2vpo.yml'}:{name}"
 
 
-def build(algo: str, env_id: str, seed: int) -> tuple[BaseAlgorithm, Preset, str]:
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
     """
-    The model of ``algo`` for ``env_id``:
+    Everything a benchmark run of one algorithm on one task depends on, besides the seed and the budget.
+
+    :param preset: The hyperparameter entry, retargeted to the task
+    :param algorithm: The class to build
+    :param overrides: Constructor arguments that win over the entry
+    :param entry: Where the hyperparameters come from, for the report
+    """
+
+    preset: Preset
+    algorithm: type[BaseAlgorithm]
+    overrides: dict[str, Any]
+    entry: str
+
+    def make_model(self, seed: int) -> BaseAlgorithm:
+        return self.preset.make_model(seed=seed, algorithm=self.algorithm, **self.overrides)
+
+    def effective(self) -> tuple:
+        """The constructor's arguments with its defaults filled in, and how the env is built: equal means same run."""
+        signature = inspect.signature(self.algorithm.__init__).parameters
+        defaults = {name: value.default for name, value in signature.items() if value.default is not inspect.Parameter.empty}
+        kwargs = {**defaults, **self.preset.model_kwargs, **self.overrides}
+        return (
+            self.algorithm,
+            self.preset.n_envs,
+            self.preset.policy,
+            self.preset.normalize,
+            # repr: schedules and policy_kwargs (activation classes) have no __eq__ but a faithful repr.
+            repr(sorted(kwargs.items())),
+        )
+
+
+def configure(algo: str, env_id: str) -> RunConfig:
+    """
+    How ``algo`` is built for ``env_id``:
 
     - ``r2vpo``: our ``r2vpo.yml`` entry; ``r2vpo-kK``: the same with ``replay_rollouts=K``;
     - ``ppo`` / ``trpo``: rl_zoo3's own ppo.yml / trpo.yml entry (-v4 or -v2 entry for a -v5 task);
     - ``r2vpo-matched``: R2VPO with exactly PPO's entry, the clip replaced by the brake (library δ);
     - ``spo``: PPO's entry with SPO's loss (ε = 0.2) in place of the clip.
-
-    :return: ``(model, preset, entry description)``
     """
     if algo == "r2vpo" or algo.startswith("r2vpo-k"):
         preset, entry = preset_for(env_id, None)
         overrides = {"replay_rollouts": int(algo[len("r2vpo-k") :])} if algo.startswith("r2vpo-k") else {}
-        return preset.make_model(seed=seed, **overrides), preset, entry
+        return RunConfig(preset, R2VPO, overrides, entry)
     if algo == "trpo":
         from sb3_contrib import TRPO
 
         preset, entry = preset_for(env_id, zoo_hyperparams_file("trpo"))
-        return preset.make_model(seed=seed, algorithm=TRPO), preset, entry
+        return RunConfig(preset, TRPO, {}, entry)
     preset, entry = preset_for(env_id, zoo_hyperparams_file("ppo"))
     if algo == "ppo":
-        return preset.make_model(seed=seed, algorithm=PPO), preset, entry
+        return RunConfig(preset, PPO, {}, entry)
     without_clip = {key: value for key, value in preset.model_kwargs.items() if key != "clip_range"}
     preset = dataclasses.replace(preset, model_kwargs=without_clip)
     if algo == "r2vpo-matched":
-        return preset.make_model(seed=seed, algorithm=R2VPO), preset, entry + " (clip removed)"
+        return RunConfig(preset, R2VPO, {}, entry + " (clip removed)")
     if algo == "spo":
-        return preset.make_model(seed=seed, algorithm=SPO), preset, entry + " (clip replaced by SPO's loss, ε=0.2)"
+        return RunConfig(preset, SPO, {}, entry + " (clip replaced by SPO's loss, ε=0.2)")
     raise ValueError(f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo-matched, ppo, trpo, spo")
+
+
+def build(algo: str, env_id: str, seed: int) -> tuple[BaseAlgorithm, Preset, str]:
+    """
+    The model of ``algo`` for ``env_id`` (see :func:`configure`).
+
+    :return: ``(model, preset, entry description)``
+    """
+    config = configure(algo, env_id)
+    return config.make_model(seed), config.preset, config.entry
+
+
+def same_run_as(algo: str, env_id: str) -> str | None:
+    """
+    ``"r2vpo"`` when ``r2vpo-matched`` on ``env_id`` would be R2VPO's own run: our entry is PPO's (clip removed,
+    library δ), so both build the same model and, seeded and single-threaded, train it bit for bit alike.
+    ``None`` otherwise.
+    """
+    if algo != "r2vpo-matched":
+        return None
+    return "r2vpo" if configure(algo, env_id).effective() == configure("r2vpo", env_id).effective() else None

@@ -303,9 +303,14 @@ def write_report(
     for (env_id, algo), group in sorted(grouped.items()):
         finals = np.array([run["final_return"] for run in group])
         peaks = np.array([run["peak_return"] for run in group])
+        copied = [run for run in group if "same_run_as" in run]
+        entry = group[0]["entry"]
+        if copied:
+            entry += f"; same model as {copied[0]['same_run_as']}: {len(copied)} run(s) copied"
+
         lines.append(
             f"| {env_id} | {algo} | {len(group)} | {group[0]['steps']} | {finals.mean():.1f} ± {finals.std():.1f} | "
-            f"{peaks.mean():.1f} | {np.mean(peaks - finals):.1f} | {group[0]['entry']} |"
+            f"{peaks.mean():.1f} | {np.mean(peaks - finals):.1f} | {entry} |"
         )
     lines += [
         "",

@@ -12,7 +12,7 @@ import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,25 +129,62 @@ def _run_safely(spec: RunSpec, root: Path) -> tuple[RunSpec, dict | None, str | 
         return spec, None, traceback.format_exc()
 
 
+def copy_run(source: RunSpec, spec: RunSpec, root: Path) -> dict:
+    """Finish ``spec`` with the finished run ``source`` of the same model (see ``same_run_as``), saying so."""
+    from sb3_r2vpo.benchmark.algorithms import configure
+
+    folder = spec.folder(root)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    shutil.copyfile(source.folder(root) / "curve.csv", folder / "curve.csv")
+    result = json.loads((source.folder(root) / "result.json").read_text())
+    result.update(asdict(spec), entry=configure(spec.algo, spec.env_id).entry, same_run_as=source.algo)
+    (folder / "result.partial.json").write_text(json.dumps(result, indent=2))
+    (folder / "result.partial.json").replace(folder / "result.json")
+    print(f"{spec.algo} {spec.env_id} seed {spec.seed}: same model as {source.algo}, its run copied", flush=True)
+    return result
+
+
 def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSpec, str]]:
     """
-    Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped.
+    Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped. A spec whose model is
+    another spec's (``r2vpo-matched`` where our entry is PPO's) is not trained again: it gets a copy of that
+    run once it has finished, marked ``same_run_as``.
 
     :return: The runs that failed, with their tracebacks (the others are not held up by them)
     """
+    from sb3_r2vpo.benchmark.algorithms import same_run_as
+    from sb3_r2vpo.benchmark.envs import register_envs
+
+    register_envs()
     todo = [spec for spec in specs if not is_finished(spec, root)]
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
+    sources = {}
+    for spec in todo:
+        source_algo = same_run_as(spec.algo, spec.env_id)
+        source = replace(spec, algo=source_algo) if source_algo else None
+        if source is not None and (source in todo or is_finished(source, root)):
+            sources[spec] = source
+    copies_waiting = {spec: source for spec, source in sources.items() if not is_finished(source, root)}
+    for spec, source in sources.items():
+        if spec not in copies_waiting:
+            copy_run(source, spec, root)
+    to_train = [spec for spec in todo if spec not in sources]
     failures = []
     with ProcessPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        futures = [pool.submit(_run_safely, spec, root) for spec in todo]
+        futures = [pool.submit(_run_safely, spec, root) for spec in to_train]
         for done, future in enumerate(as_completed(futures), start=1):
             spec, result, error = future.result()
-            label = f"[{done}/{len(todo)}] {spec.algo} {spec.env_id} seed {spec.seed}"
-            if error is None:
-                print(f"{label}: final {result['final_return']:.1f} in {result['train_seconds']:.0f}s", flush=True)
-            else:
+            label = f"[{done}/{len(to_train)}] {spec.algo} {spec.env_id} seed {spec.seed}"
+            if error is not None:
                 print(f"{label}: FAILED\n{error}", flush=True)
                 failures.append((spec, error))
+                continue
+            print(f"{label}: final {result['final_return']:.1f} in {result['train_seconds']:.0f}s", flush=True)
+            for copy, source in copies_waiting.items():
+                if source == spec:
+                    copy_run(source, copy, root)
     return failures
 
 
