@@ -23,29 +23,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-# PPO entries rl_zoo3 2.9 has for the -v5 tasks (older versions of the same tasks).
-PPO_ENTRY_FOR = {
-    "HalfCheetah-v5": "HalfCheetah-v4",
-    "Hopper-v5": "Hopper-v4",
-    "Walker2d-v5": "Walker2d-v4",
-    "Ant-v5": "Ant-v4",
-    "Humanoid-v5": "Humanoid-v4",
-    "Swimmer-v5": "Swimmer-v4",
-    "Reacher-v5": "Reacher-v2",
-    "InvertedPendulum-v5": "InvertedPendulum-v2",
-    "InvertedDoublePendulum-v5": "InvertedDoublePendulum-v2",
-}
-
 
 def ppo_config_for(env_id: str, folder: Path) -> tuple[list[str], str]:
-    """Extra zoo arguments that give PPO its zoo entry for ``env_id``, and the entry's name."""
-    source = PPO_ENTRY_FOR.get(env_id)
-    if source is None:
-        return [], env_id
-    import rl_zoo3
+    """
+    Extra zoo arguments that give PPO its zoo entry for ``env_id``, and the entry's name: a -v5 task takes the
+    entry of an older version (the benchmark runner's choice), written under the -v5 id to a temporary file.
+    """
+    from sb3_r2vpo.benchmark.algorithms import entry_candidates, zoo_hyperparams_file
 
-    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / "ppo.yml") as file:
+    with open(zoo_hyperparams_file("ppo")) as file:
         entries = yaml.safe_load(file)
+    source = next(candidate for candidate in entry_candidates(env_id) if candidate in entries)
+    if source == env_id:
+        return [], env_id
     path = folder / f"ppo_{env_id}.yml"
     path.write_text(yaml.safe_dump({env_id: entries[source]}))
     return ["-conf", str(path)], source
