@@ -307,7 +307,6 @@ def write_report(
         entry = group[0]["entry"]
         if copied:
             entry += f"; same model as {copied[0]['same_run_as']}: {len(copied)} run(s) copied"
-
         lines.append(
             f"| {env_id} | {algo} | {len(group)} | {group[0]['steps']} | {finals.mean():.1f} ± {finals.std():.1f} | "
             f"{peaks.mean():.1f} | {np.mean(peaks - finals):.1f} | {entry} |"
