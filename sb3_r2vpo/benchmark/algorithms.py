@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ def build(algo: str, env_id: str, seed: int) -> tuple[BaseAlgorithm, Preset, str
     return config.make_model(seed), config.preset, config.entry
 
 
+# Cached: it reads the YAML files (~0.16 s) and the answer is the same for every seed of a task.
+@functools.cache
 def same_run_as(algo: str, env_id: str) -> str | None:
     """
     ``"r2vpo"`` when ``r2vpo-matched`` on ``env_id`` would be R2VPO's own run: our entry is PPO's (clip removed,
