@@ -33,7 +33,7 @@ from sb3_r2vpo.benchmark.report import (
 from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_one
 
 
-def test_runner_writes_curves_and_report(tmp_path):
+def test_runner_writes_curves_and_report(tmp_path, capsys):
     out = tmp_path / "results"
     args = ["--envs", "CartPole-v1", "InvertedPendulum-v5", "--algos", "r2vpo", "ppo", "--seeds", "0", "1", "--steps", "1024"]
     main(["run", *args, "--eval-points", "2", "--eval-episodes", "2", "--jobs", "2", "--out", str(out)])
@@ -60,6 +60,14 @@ def test_runner_writes_curves_and_report(tmp_path):
     started = time.perf_counter()
     main(["run", *args, "--eval-points", "2", "--eval-episodes", "2", "--jobs", "1", "--out", str(out)])
     assert time.perf_counter() - started < 5
+
+    # Another budget into the same folder neither counts the 1024-step runs as finished nor trains over them.
+    longer = [arg if arg != "1024" else "4096" for arg in args]
+    with pytest.raises(SystemExit):
+        main(["run", *longer, "--eval-points", "2", "--eval-episodes", "2", "--out", str(out)])
+    error = capsys.readouterr().err
+    assert "'steps': 1024" in error and "'steps': 4096" in error and "another --out" in error
+    assert [run["steps"] for run in load_runs(out)] == [1024] * 8
 
 
 def test_killed_run_restarts_cleanly(tmp_path):

@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
             for env_id in envs
             for algo in args.algos
         ]
-        failures = run_all(specs, args.out, args.jobs)
+        try:
+            failures = run_all(specs, args.out, args.jobs)
+        except ValueError as error:
+            parser.error(str(error))
         if failures:
             raise SystemExit(f"{len(failures)} run(s) failed; rerun the same command to retry them")
     else:

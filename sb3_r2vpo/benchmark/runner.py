@@ -22,6 +22,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 CURVE_FIELDS = ("env_steps", "train_seconds", "eval_return_mean", "eval_return_std")
+# What a finished run must share with a request for it to count as that request.
+RUN_SETTINGS = ("steps", "eval_points", "eval_episodes")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,25 @@ def run_one(spec: RunSpec, root: Path) -> dict:
 
 
 def is_finished(spec: RunSpec, root: Path) -> bool:
-    return (spec.folder(root) / "result.json").exists()
+    """
+    Whether ``spec`` has a finished run under ``root``.
+
+    :raise ValueError: The finished run in its folder was made with another budget or evaluation schedule
+        (e.g. ``--suite mujoco`` after ``--suite quick`` into the same ``--out``): skipping it would report a
+        150k-step run as a 1M-step one, and training over it would destroy a finished run.
+    """
+    result_file = spec.folder(root) / "result.json"
+    if not result_file.exists():
+        return False
+    recorded = json.loads(result_file.read_text())
+    made_with = {key: recorded.get(key) for key in RUN_SETTINGS}
+    asked = {key: getattr(spec, key) for key in RUN_SETTINGS}
+    if made_with != asked:
+        raise ValueError(
+            f"{spec.folder(root)} holds a finished run made with {made_with}, but this run asks for {asked}; "
+            "pass another --out to keep both"
+        )
+    return True
 
 
 def _run_safely(spec: RunSpec, root: Path) -> tuple[RunSpec, dict | None, str | None]:
