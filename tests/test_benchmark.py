@@ -51,6 +51,7 @@ def test_runner_writes_curves_and_report(tmp_path, capsys):
     main(["report", "--out", str(out), "--report-dir", str(report_dir), "--reps", "100"])
     report = (report_dir / "REPORT.md").read_text()
     assert "| algorithm | seeds | IQM [95% CI] | mean [95% CI] |" in report
+    assert f"from the runs under `{out.as_posix()}/runs/`" in report
     assert "| InvertedPendulum-v5 | r2vpo | 2 | 1024 |" in report
     assert "P(R2VPO > X)" in report and "Wall time per env step" in report
     for plot in ("aggregates.png", "performance_profiles.png", "sample_efficiency.png"):

@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         from sb3_r2vpo.benchmark.report import write_report
 
         path = write_report(
-            load_runs(args.out), args.report_dir, "python -m sb3_r2vpo.benchmark " + shlex.join(argv), args.reps
+            load_runs(args.out),
+            args.report_dir,
+            "python -m sb3_r2vpo.benchmark " + shlex.join(argv),
+            args.reps,
+            runs_dir=args.out.as_posix(),
         )
         print(f"wrote {path}")
 
