@@ -180,15 +180,17 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSp
     register_envs()
     todo = [spec for spec in specs if not is_finished(spec, root)]
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
-    sources = {}
+    pending = set(todo)
+    sources, copies_waiting = {}, {}
     for spec in todo:
         source_algo = same_run_as(spec.algo, spec.env_id)
         source = replace(spec, algo=source_algo) if source_algo else None
-        if source is not None and (source in todo or is_finished(source, root)):
+        if source is None:
+            continue
+        if source in pending:
+            sources[spec] = copies_waiting[spec] = source
+        elif is_finished(source, root):
             sources[spec] = source
-    copies_waiting = {spec: source for spec, source in sources.items() if not is_finished(source, root)}
-    for spec, source in sources.items():
-        if spec not in copies_waiting:
             copy_run(source, spec, root)
     to_train = [spec for spec in todo if spec not in sources]
     failures = []
