@@ -4,7 +4,11 @@ python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos .
 python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks]
 
 `run` skips finished runs and restarts killed ones, so the same command resumes. Algorithms: r2vpo,
-r2vpo-matched, ppo, trpo, spo, and r2vpo-k<K> (R2VPO with replay_rollouts=K).
+r2vpo-matched, ppo, trpo, spo, r2vpo-k<K> (R2VPO with replay_rollouts=K), and variants of any of them:
+'r2vpo[variance_target=0.02,dual_update_frequency=epoch]' is R2VPO's entry with those constructor arguments
+(values in YAML syntax; quote the whole name in the shell). Budgets round up to whole rollouts (the runner
+says so); each run is evaluated --eval-points times between rollouts plus once before training, and its
+final score is the mean of the last 3 evaluations.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from sb3_r2vpo.benchmark.algorithms import canonical_name
 from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_all
 from sb3_r2vpo.benchmark.suites import ALGORITHMS, SUITES
 
@@ -27,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     run = commands.add_parser("run", help="train and evaluate (resumable)")
     run.add_argument("--suite", choices=sorted(SUITES), default="quick")
     run.add_argument("--envs", nargs="+", default=None, help="override the suite's tasks")
-    run.add_argument("--algos", nargs="+", default=list(ALGORITHMS))
+    run.add_argument(
+        "--algos", nargs="+", default=list(ALGORITHMS), help="algorithms or variants, e.g. 'r2vpo[variance_target=0.02]'"
+    )
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     run.add_argument("--steps", type=int, default=None, help="override every task's budget")
     run.add_argument("--eval-points", type=int, default=20)
@@ -43,16 +50,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         budgets = SUITES[args.suite]
         envs = args.envs or list(budgets)
-        specs = [
-            RunSpec(algo, env_id, seed, args.steps or budgets.get(env_id, 100_000), args.eval_points, args.eval_episodes)
-            for seed in args.seeds
-            for env_id in envs
-            for algo in args.algos
-        ]
         try:
+            algos = list(dict.fromkeys(canonical_name(algo) for algo in args.algos))
+            specs = [
+                RunSpec(
+                    algo,
+                    env_id,
+                    seed,
+                    budgets.get(env_id, 100_000) if args.steps is None else args.steps,
+                    args.eval_points,
+                    args.eval_episodes,
+                )
+                for seed in args.seeds
+                for env_id in envs
+                for algo in algos
+            ]
             failures = run_all(specs, args.out, args.jobs)
         except ValueError as error:
-            parser.error(str(error))
+            parser.exit(2, f"{parser.prog}: error: {error}\n")  # one line: nothing was trained or written
         if failures:
             raise SystemExit(f"{len(failures)} run(s) failed; rerun the same command to retry them")
     else:

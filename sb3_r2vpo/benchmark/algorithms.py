@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
+import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_r2vpo.benchmark.baselines import SPO
 from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM
-from sb3_r2vpo.presets import Preset, get_preset, load_hyperparams
+from sb3_r2vpo.presets import Preset, _parse_value, get_preset, load_hyperparams
 from sb3_r2vpo.r2vpo import R2VPO
 
 # Tasks without an entry of their own borrow one.
@@ -65,6 +68,11 @@ class RunConfig:
     def make_model(self, seed: int) -> BaseAlgorithm:
         return self.preset.make_model(seed=seed, algorithm=self.algorithm, **self.overrides)
 
+    def rollout_size(self) -> int:
+        """Env steps per rollout (``n_steps · n_envs``): SB3 trains whole rollouts, so budgets round up to it."""
+        default = inspect.signature(self.algorithm.__init__).parameters["n_steps"].default
+        return int({**self.preset.model_kwargs, **self.overrides}.get("n_steps", default)) * self.preset.n_envs
+
     def effective(self) -> tuple:
         """The constructor's arguments with its defaults filled in, and how the env is built: equal means same run."""
         signature = inspect.signature(self.algorithm.__init__).parameters
@@ -80,15 +88,100 @@ class RunConfig:
         )
 
 
+# A variant: ``base[key=value,key=value]``, values in YAML syntax (0.02, epoch, null, [1, 10], lin_0.04).
+_VARIANT = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<body>.*)\]$")
+# Constructor arguments a variant may not set: the runner owns them.
+_RUNNER_ARGUMENTS = ("self", "policy", "env", "seed", "verbose", "tensorboard_log", "device", "_init_setup_model")
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split ``body`` at the commas that are not inside brackets (``a=1,b=[1,2]`` -> ``a=1``, ``b=[1,2]``)."""
+    parts, depth, current = [], 0, ""
+    for char in body:
+        depth += char in "[({"
+        depth -= char in "])}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
+def _format_value(value: Any) -> str:
+    """A value as it is written back into a canonical variant name (YAML flow style, no spaces after commas)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().removesuffix("\n...").replace(", ", ",")
+
+
+def parse_variant(algo: str) -> tuple[str, dict[str, Any]]:
+    """
+    Split ``base[key=value,...]`` into the base algorithm and its constructor overrides.
+
+    :param algo: e.g. ``"r2vpo[variance_target=0.02,dual_update_frequency=epoch]"``; a plain name has none
+    :return: ``(base, overrides)``; values are parsed as YAML scalars/lists (``0.02`` -> float, ``null`` -> None)
+    :raise ValueError: A malformed variant (one line, naming what is wrong)
+    """
+    if "[" not in algo and "]" not in algo:
+        return algo, {}
+    match = _VARIANT.match(algo)
+    if match is None:
+        raise ValueError(f"malformed variant {algo!r}; write base[key=value,key=value], e.g. r2vpo[variance_target=0.02]")
+    overrides: dict[str, Any] = {}
+    for item in _split_top_level(match["body"]):
+        key, equals, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not equals or not key.isidentifier() or not raw:
+            raise ValueError(f"malformed variant {algo!r}: {item.strip()!r} is not key=value")
+        if key in overrides:
+            raise ValueError(f"variant {algo!r} sets {key!r} twice")
+        try:
+            overrides[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"variant {algo!r}: cannot read the value of {key!r}: {raw!r}") from error
+    return match["base"].strip(), overrides
+
+
+def canonical_name(algo: str) -> str:
+    """
+    The name a run of ``algo`` is stored and reported under: keys sorted and values written back, so that
+    ``r2vpo[b=2, a=0.10]`` and ``r2vpo[a=0.1,b=2]`` are the same runs.
+    """
+    base, overrides = parse_variant(algo)
+    if not overrides:
+        return base
+    return f"{base}[{','.join(f'{key}={_format_value(overrides[key])}' for key in sorted(overrides))}]"
+
+
 def configure(algo: str, env_id: str) -> RunConfig:
     """
-    How ``algo`` is built for ``env_id``:
+    How ``algo`` is built for ``env_id``. A variant ``base[key=value,...]`` is ``base`` with those constructor
+    arguments overriding its entry (see :func:`parse_variant`). The bases:
 
     - ``r2vpo``: our ``r2vpo.yml`` entry; ``r2vpo-kK``: the same with ``replay_rollouts=K``;
     - ``ppo`` / ``trpo``: rl_zoo3's own ppo.yml / trpo.yml entry (-v4 or -v2 entry for a -v5 task);
     - ``r2vpo-matched``: R2VPO with exactly PPO's entry, the clip replaced by the brake (library δ);
     - ``spo``: PPO's entry with SPO's loss (ε = 0.2) in place of the clip.
+
+    :raise ValueError: An unknown algorithm, a malformed variant, or a key the algorithm does not accept
     """
+    base, variant = parse_variant(algo)
+    config = _configure_base(base, env_id)
+    if not variant:
+        return config
+    accepted = set(inspect.signature(config.algorithm.__init__).parameters) - set(_RUNNER_ARGUMENTS)
+    unknown = sorted(set(variant) - accepted)
+    if unknown:
+        raise ValueError(
+            f"variant {algo!r}: {config.algorithm.__name__} has no argument {unknown[0]!r}; "
+            f"it accepts: {', '.join(sorted(accepted))}"
+        )
+    changes = ", ".join(f"{key}={_format_value(value)}" for key, value in sorted(variant.items()))
+    # "lin_0.04" becomes a schedule exactly as it would in a YAML entry.
+    parsed = {key: _parse_value(key, value) for key, value in variant.items()}
+    return dataclasses.replace(config, overrides={**config.overrides, **parsed}, entry=f"{config.entry}; variant: {changes}")
+
+
+def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "r2vpo" or algo.startswith("r2vpo-k"):
         preset, entry = preset_for(env_id, None)
         overrides = {"replay_rollouts": int(algo[len("r2vpo-k") :])} if algo.startswith("r2vpo-k") else {}
@@ -108,16 +201,6 @@ def configure(algo: str, env_id: str) -> RunConfig:
     if algo == "spo":
         return RunConfig(preset, SPO, {}, entry + " (clip replaced by SPO's loss, ε=0.2)")
     raise ValueError(f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo-matched, ppo, trpo, spo")
-
-
-def build(algo: str, env_id: str, seed: int) -> tuple[BaseAlgorithm, Preset, str]:
-    """
-    The model of ``algo`` for ``env_id`` (see :func:`configure`).
-
-    :return: ``(model, preset, entry description)``
-    """
-    config = configure(algo, env_id)
-    return config.make_model(seed), config.preset, config.entry
 
 
 # Cached: it reads the YAML files (~0.16 s) and the answer is the same for every seed of a task.

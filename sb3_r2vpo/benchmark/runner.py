@@ -22,6 +22,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 CURVE_FIELDS = ("env_steps", "train_seconds", "eval_return_mean", "eval_return_std")
+# Protocol v2: evaluations between rollouts, exact counts; final = mean of the last FINAL_POINTS evaluations.
+PROTOCOL = 2
+FINAL_POINTS = 3
 # What a finished run must share with a request for it to count as that request.
 RUN_SETTINGS = ("steps", "eval_points", "eval_episodes")
 
@@ -43,14 +46,22 @@ class RunSpec:
 
 class CurveRecorder(BaseCallback):
     """
-    Evaluates deterministically every ``eval_every`` env steps on ``eval_env`` and appends a row to ``path``:
-    env steps, training wall time so far (evaluation time excluded), mean and std of the return.
+    Evaluates the policy deterministically ``eval_points`` times along a budget of ``budget`` env steps, plus
+    once before training, and appends a row per evaluation to ``path``: env steps, training wall time so far
+    (evaluation time excluded), mean and std of the return.
+
+    Evaluations happen between rollouts, where the policy has just been updated: the k-th (k < eval_points)
+    at the first rollout boundary at or past ``k · budget / eval_points`` steps, the last one after training.
+    ``budget`` must be a whole number of rollouts holding at least ``eval_points`` of them (see
+    :func:`check_schedule`), so that each evaluation is of a different policy and the count is exact.
+    Before each evaluation an env that drifts (``start_evaluation``, see :mod:`.envs`) is told to spread the
+    evaluation's episodes over its whole cycle.
     """
 
-    def __init__(self, eval_env: VecEnv, eval_every: int, eval_episodes: int, path: Path) -> None:
+    def __init__(self, eval_env: VecEnv, budget: int, eval_points: int, eval_episodes: int, path: Path) -> None:
         super().__init__()
-        self.eval_env, self.eval_every, self.eval_episodes, self.path = eval_env, eval_every, eval_episodes, path
-        self.next_eval = 0
+        self.eval_env, self.eval_episodes, self.path = eval_env, eval_episodes, path
+        self.thresholds = [budget * k / eval_points for k in range(1, eval_points)]
         self.train_seconds = 0.0
         self._clock = 0.0
         self.rows: list[dict[str, float]] = []
@@ -61,20 +72,26 @@ class CurveRecorder(BaseCallback):
         self._evaluate()
         self._clock = time.perf_counter()
 
+    def _on_rollout_start(self) -> None:
+        if self.thresholds and self.num_timesteps >= self.thresholds[0]:
+            self.thresholds.pop(0)
+            self._pause_and_evaluate()
+
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self.next_eval:
-            self.train_seconds += time.perf_counter() - self._clock
-            self._evaluate()
-            self._clock = time.perf_counter()
         return True
 
     def _on_training_end(self) -> None:
+        self._pause_and_evaluate()
+
+    def _pause_and_evaluate(self) -> None:
         self.train_seconds += time.perf_counter() - self._clock
-        if not self.rows or self.rows[-1]["env_steps"] < self.num_timesteps:
-            self._evaluate()
+        self._evaluate()
+        self._clock = time.perf_counter()
 
     def _evaluate(self) -> None:
         sync_envs_normalization(self.model.get_env(), self.eval_env)
+        if self.eval_env.has_attr("start_evaluation"):
+            self.eval_env.env_method("start_evaluation", self.eval_episodes)
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.eval_episodes, deterministic=True)
         row = {
             "env_steps": int(self.num_timesteps),
@@ -85,12 +102,58 @@ class CurveRecorder(BaseCallback):
         self.rows.append(row)
         with open(self.path, "a", newline="") as file:
             csv.writer(file).writerow([row[field] for field in CURVE_FIELDS])
-        self.next_eval = self.num_timesteps + self.eval_every
+
+
+def trained_budget(steps: int, rollout: int) -> int:
+    """The env steps a budget of ``steps`` trains: SB3 collects whole rollouts of ``rollout`` steps (rounded up)."""
+    return -(-steps // rollout) * rollout
+
+
+def check_schedule(spec: RunSpec, rollout: int) -> None:
+    """
+    :raise ValueError: ``spec`` asks for more evaluations than its budget has rollouts (two evaluations would
+        see the same policy), in one line naming the run and the most it can have
+    """
+    rollouts = trained_budget(spec.steps, rollout) // rollout
+    if spec.eval_points > rollouts:
+        raise ValueError(
+            f"--eval-points {spec.eval_points} is more than the {rollouts} rollout(s) of {rollout} steps that "
+            f"{spec.algo} trains on {spec.env_id} in {spec.steps} steps; ask for at most {rollouts} or more --steps"
+        )
+
+
+def validate_specs(specs: list[RunSpec]) -> None:
+    """
+    Everything about ``specs`` that can be checked before anything trains: budgets and evaluation counts >= 1,
+    each algorithm (variant keys and values: a variant's model is built once per task) and its schedule.
+
+    :raise ValueError: In one line, for the first problem found
+    """
+    from sb3_r2vpo.benchmark.algorithms import configure, parse_variant
+    from sb3_r2vpo.benchmark.envs import register_envs
+
+    register_envs()
+    for spec in specs:
+        for name in ("steps", "eval_points", "eval_episodes"):
+            value = getattr(spec, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
+    built = set()
+    for spec in specs:
+        config = configure(spec.algo, spec.env_id)
+        check_schedule(spec, config.rollout_size())
+        if parse_variant(spec.algo)[1] and (spec.algo, spec.env_id) not in built:
+            try:
+                model = config.make_model(seed=0)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{spec.algo} on {spec.env_id}: {error}") from None
+            model.env.close()
+            built.add((spec.algo, spec.env_id))
 
 
 def run_one(spec: RunSpec, root: Path) -> dict:
     """Train and evaluate one run; writes ``curve.csv`` and, last, ``result.json``."""
-    from sb3_r2vpo.benchmark.algorithms import build
+    from sb3_r2vpo.benchmark.algorithms import configure, parse_variant
     from sb3_r2vpo.benchmark.envs import register_envs
 
     th.set_num_threads(1)
@@ -99,18 +162,30 @@ def run_one(spec: RunSpec, root: Path) -> dict:
     if folder.exists():
         shutil.rmtree(folder)  # what a killed run left behind
     folder.mkdir(parents=True)
-    model, preset, entry = build(spec.algo, spec.env_id, spec.seed)
-    eval_env = preset.make_env(seed=spec.seed + 10_000, training=False)
-    recorder = CurveRecorder(
-        eval_env, max(spec.steps // spec.eval_points, 1), spec.eval_episodes, folder / "curve.partial.csv"
-    )
-    model.learn(total_timesteps=spec.steps, callback=recorder)
+    config = configure(spec.algo, spec.env_id)
+    rollout = config.rollout_size()
+    check_schedule(spec, rollout)
+    budget = trained_budget(spec.steps, rollout)
+    if budget != spec.steps:
+        print(
+            f"{spec.algo} {spec.env_id} seed {spec.seed}: {spec.steps} steps rounded up to {budget} "
+            f"({budget // rollout} whole rollouts of {rollout})",
+            flush=True,
+        )
+    model = config.make_model(spec.seed)
+    eval_env = config.preset.make_env(seed=spec.seed + 10_000, training=False)
+    recorder = CurveRecorder(eval_env, budget, spec.eval_points, spec.eval_episodes, folder / "curve.partial.csv")
+    model.learn(total_timesteps=budget, callback=recorder)
     (folder / "curve.partial.csv").replace(folder / "curve.csv")
     result = {
         **asdict(spec),
-        "entry": entry,
+        "entry": config.entry,
+        "overrides": {key: _jsonable(value) for key, value in parse_variant(spec.algo)[1].items()},
+        "protocol": PROTOCOL,
         "env_steps": int(model.num_timesteps),
-        "final_return": recorder.rows[-1]["eval_return_mean"],
+        # The untrained policy's evaluation (row 0) is never part of the final score.
+        "final_return": float(np.mean([row["eval_return_mean"] for row in recorder.rows[1:][-FINAL_POINTS:]])),
+        "last_return": recorder.rows[-1]["eval_return_mean"],
         "train_seconds": recorder.train_seconds,
         "seconds_per_step": recorder.train_seconds / max(model.num_timesteps, 1),
         "peak_return": max(row["eval_return_mean"] for row in recorder.rows),
@@ -118,6 +193,10 @@ def run_one(spec: RunSpec, root: Path) -> dict:
     (folder / "result.partial.json").write_text(json.dumps(result, indent=2))
     (folder / "result.partial.json").replace(folder / "result.json")
     return result
+
+
+def _jsonable(value):
+    return value if isinstance(value, (int, float, str, bool, list, type(None))) else repr(value)
 
 
 def is_finished(spec: RunSpec, root: Path) -> bool:
@@ -175,9 +254,8 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSp
     :return: The runs that failed, with their tracebacks (the others are not held up by them)
     """
     from sb3_r2vpo.benchmark.algorithms import same_run_as
-    from sb3_r2vpo.benchmark.envs import register_envs
 
-    register_envs()
+    validate_specs(specs)
     todo = [spec for spec in specs if not is_finished(spec, root)]
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
     pending = set(todo)
