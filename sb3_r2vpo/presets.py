@@ -20,8 +20,11 @@ from sb3_r2vpo.r2vpo import R2VPO
 
 # Keys of a zoo entry that describe the environment or the budget rather than R2VPO's constructor.
 _ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
-# The keys rl_zoo3 turns from "lin_<value>" into a linear schedule.
-_SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+# R2VPO's own keys that may be written "lin_<value>" too; rl_zoo3 does not know them, so the zoo launcher
+# (sb3_r2vpo.zoo) converts them itself.
+R2VPO_SCHEDULABLE_KEYS = ("variance_target",)
+# The keys turned from "lin_<value>" into a linear schedule: rl_zoo3's, and R2VPO's.
+_SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", *R2VPO_SCHEDULABLE_KEYS)
 # Zoo keys this loader does not implement; the zoo launcher handles them.
 _UNSUPPORTED_KEYS = ("env_wrapper", "frame_stack", "vec_env_wrapper", "callback", "env_kwargs", "normalize_kwargs")
 
@@ -71,9 +74,27 @@ def load_hyperparams(path: str | Path | None = None) -> dict[str, dict[str, Any]
     return data
 
 
+def parse_schedule(key: str, value: str) -> LinearSchedule:
+    """
+    A zoo schedule string as a schedule of the progress remaining ``p`` (from 1 to 0).
+
+    :param key: The hyperparameter it is for (named in the error)
+    :param value: ``"lin_<initial>"``: ``initial · p``, annealed linearly to 0 at the end of training
+    :raises ValueError: ``value`` is not ``lin_<number>``
+    """
+    prefix = "lin_"
+    try:
+        if not value.startswith(prefix):
+            raise ValueError
+        initial = float(value[len(prefix) :])
+    except ValueError:
+        raise ValueError(f"{key}: cannot read the schedule {value!r}; write lin_<initial value>, e.g. lin_0.04") from None
+    return LinearSchedule(initial, 0.0, 1.0)
+
+
 def _parse_value(key: str, value: Any) -> Any:
     if key in _SCHEDULABLE_KEYS and isinstance(value, str) and value.startswith("lin_"):
-        return LinearSchedule(float(value[len("lin_") :]), 0.0, 1.0)
+        return parse_schedule(key, value)
     if key == "policy_kwargs" and isinstance(value, str):
         # rl_zoo3 writes policy_kwargs as a Python expression that may name torch.nn.
         return eval(value, {"__builtins__": {}}, {"dict": dict, "nn": nn})

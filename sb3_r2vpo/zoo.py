@@ -9,7 +9,9 @@ RL Zoo launcher: registers R2VPO with rl_zoo3, then hands over to rl_zoo3's own 
 and no ``-conf``, the hyperparameters come from the packaged ``r2vpo.yml``.
 
 rl_zoo3 2.9 has no plugin hook; this follows its SBX guide: add the algorithm to ``rl_zoo3.ALGOS`` (and the
-Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments.
+Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments. rl_zoo3 turns only its own
+keys (``learning_rate``, ``clip_range``, ...) from ``lin_<value>`` into schedules; R2VPO's schedulable keys
+(``variance_target: lin_0.04``) are converted by a wrapper around its schedule preprocessing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sb3_r2vpo.presets import check_env_id, hyperparams_path, load_hyperparams
+from sb3_r2vpo.presets import R2VPO_SCHEDULABLE_KEYS, check_env_id, hyperparams_path, load_hyperparams, parse_schedule
 from sb3_r2vpo.r2vpo import R2VPO
 
 ALGO_NAME = "r2vpo"
@@ -56,12 +58,42 @@ def register() -> None:
     from rl_zoo3 import hyperparams_opt
 
     rl_zoo3.ALGOS[ALGO_NAME] = R2VPO
+    _convert_r2vpo_schedules_in_zoo()
     try:
         from sb3_r2vpo.search_space import convert_r2vpo_params, sample_r2vpo_params
     except ImportError:  # optuna not installed: training and enjoying still work
         return
     hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_r2vpo_params
     hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_r2vpo_params
+
+
+def convert_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    Turn R2VPO's schedulable keys written ``lin_<value>`` (e.g. ``variance_target: lin_0.04``) into schedules,
+    as rl_zoo3 does for its own keys; numbers and every other key are left as they are.
+
+    :param hyperparams: A zoo entry (changed in place)
+    :return: ``hyperparams``
+    """
+    for key in R2VPO_SCHEDULABLE_KEYS:
+        if isinstance(hyperparams.get(key), str):
+            hyperparams[key] = parse_schedule(key, hyperparams[key])
+    return hyperparams
+
+
+def _convert_r2vpo_schedules_in_zoo() -> None:
+    """Wrap ``ExperimentManager._preprocess_schedules`` (once) so that it also applies :func:`convert_schedules`."""
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    original = ExperimentManager.__dict__["_preprocess_schedules"].__func__
+    if getattr(original, "_r2vpo_wrapper", False):
+        return
+
+    def preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+        return original(convert_schedules(hyperparams))
+
+    preprocess_schedules._r2vpo_wrapper = True  # type: ignore[attr-defined]
+    ExperimentManager._preprocess_schedules = staticmethod(preprocess_schedules)
 
 
 def constructor_arguments() -> frozenset[str]:
@@ -97,6 +129,10 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ZooConfigError(f"{config}: entry {name!r}: R2VPO takes no argument {key!r}{hint}")
+    try:
+        convert_schedules(dict(entry))
+    except ValueError as error:
+        raise ZooConfigError(f"{config}: entry {name!r}: {error}") from None
     return entry
 
 

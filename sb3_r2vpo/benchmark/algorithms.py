@@ -49,6 +49,22 @@ def preset_for(env_id: str, path: Path | None) -> tuple[Preset, str]:
     return preset, f"{path.name if path else 'r2vpo.yml'}:{name}"
 
 
+def constructor_parameters(algorithm: type) -> dict[str, inspect.Parameter]:
+    """
+    The keyword arguments ``algorithm`` accepts, following ``**kwargs`` up the class hierarchy (SPO passes
+    everything but ``spo_epsilon`` on to R2VPO).
+    """
+    parameters: dict[str, inspect.Parameter] = {}
+    for cls in algorithm.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        signature = inspect.signature(cls.__init__).parameters
+        parameters.update({name: p for name, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+            break
+    return parameters
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """
@@ -70,7 +86,7 @@ class RunConfig:
 
     def rollout_size(self) -> int:
         """Env steps per rollout (``n_steps · n_envs``): SB3 trains whole rollouts, so budgets round up to it."""
-        default = inspect.signature(self.algorithm.__init__).parameters["n_steps"].default
+        default = constructor_parameters(self.algorithm)["n_steps"].default
         return int({**self.preset.model_kwargs, **self.overrides}.get("n_steps", default)) * self.preset.n_envs
 
     def effective(self) -> tuple:
@@ -168,7 +184,7 @@ def configure(algo: str, env_id: str) -> RunConfig:
     config = _configure_base(base, env_id)
     if not variant:
         return config
-    accepted = set(inspect.signature(config.algorithm.__init__).parameters) - set(_RUNNER_ARGUMENTS)
+    accepted = set(constructor_parameters(config.algorithm)) - set(_RUNNER_ARGUMENTS)
     unknown = sorted(set(variant) - accepted)
     if unknown:
         raise ValueError(

@@ -50,10 +50,10 @@ class CurveRecorder(BaseCallback):
     once before training, and appends a row per evaluation to ``path``: env steps, training wall time so far
     (evaluation time excluded), mean and std of the return.
 
-    Evaluations happen between rollouts, where the policy has just been updated: the k-th (k < eval_points)
-    at the first rollout boundary at or past ``k · budget / eval_points`` steps, the last one after training.
-    ``budget`` must be a whole number of rollouts holding at least ``eval_points`` of them (see
-    :func:`check_schedule`), so that each evaluation is of a different policy and the count is exact.
+    The k-th evaluation (k < ``eval_points``) runs at the first env step at or past ``k · budget / eval_points``
+    with the policy in use at that step (as SB3's ``EvalCallback`` does); the last one runs after the final
+    update. ``budget`` is what is really trained (whole rollouts, see :func:`trained_budget`), and
+    :func:`check_schedule` ensures that no vectorised step passes two thresholds, so the count is exact.
     Before each evaluation an env that drifts (``start_evaluation``, see :mod:`.envs`) is told to spread the
     evaluation's episodes over its whole cycle.
     """
@@ -72,12 +72,10 @@ class CurveRecorder(BaseCallback):
         self._evaluate()
         self._clock = time.perf_counter()
 
-    def _on_rollout_start(self) -> None:
+    def _on_step(self) -> bool:
         if self.thresholds and self.num_timesteps >= self.thresholds[0]:
             self.thresholds.pop(0)
             self._pause_and_evaluate()
-
-    def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
@@ -109,16 +107,18 @@ def trained_budget(steps: int, rollout: int) -> int:
     return -(-steps // rollout) * rollout
 
 
-def check_schedule(spec: RunSpec, rollout: int) -> None:
+def check_schedule(spec: RunSpec, rollout: int, n_envs: int) -> None:
     """
-    :raise ValueError: ``spec`` asks for more evaluations than its budget has rollouts (two evaluations would
-        see the same policy), in one line naming the run and the most it can have
+    :param rollout: Env steps per rollout of the run's algorithm
+    :param n_envs: Env steps per vectorised step
+    :raise ValueError: ``spec`` asks for evaluations closer together than one vectorised step (then one step
+        would pass two of them), in one line naming the run and the most it can have
     """
-    rollouts = trained_budget(spec.steps, rollout) // rollout
-    if spec.eval_points > rollouts:
+    most = trained_budget(spec.steps, rollout) // n_envs
+    if spec.eval_points > most:
         raise ValueError(
-            f"--eval-points {spec.eval_points} is more than the {rollouts} rollout(s) of {rollout} steps that "
-            f"{spec.algo} trains on {spec.env_id} in {spec.steps} steps; ask for at most {rollouts} or more --steps"
+            f"--eval-points {spec.eval_points} is more than the {most} vectorised steps that {spec.algo} takes on "
+            f"{spec.env_id} in {spec.steps} steps; ask for at most {most} or more --steps"
         )
 
 
@@ -141,7 +141,7 @@ def validate_specs(specs: list[RunSpec]) -> None:
     built = set()
     for spec in specs:
         config = configure(spec.algo, spec.env_id)
-        check_schedule(spec, config.rollout_size())
+        check_schedule(spec, config.rollout_size(), config.preset.n_envs)
         if parse_variant(spec.algo)[1] and (spec.algo, spec.env_id) not in built:
             try:
                 model = config.make_model(seed=0)
@@ -164,7 +164,7 @@ def run_one(spec: RunSpec, root: Path) -> dict:
     folder.mkdir(parents=True)
     config = configure(spec.algo, spec.env_id)
     rollout = config.rollout_size()
-    check_schedule(spec, rollout)
+    check_schedule(spec, rollout, config.preset.n_envs)
     budget = trained_budget(spec.steps, rollout)
     if budget != spec.steps:
         print(

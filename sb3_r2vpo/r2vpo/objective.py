@@ -9,7 +9,13 @@ import torch as th
 
 VARIANCE_CENTERS = ("mean", "one")
 DUAL_UPDATES = ("multiplicative", "linear")
-DUAL_UPDATE_FREQUENCIES = ("minibatch", "epoch")
+DUAL_UPDATE_FREQUENCIES = ("minibatch", "epoch", "rollout")
+DUAL_VARIANCE_ESTIMATES = ("minibatch", "rollout")
+#: Smallest variance target used in training: a schedule that anneals δ to 0 (like PPO's ``lin_0.2`` clip)
+#: is held here at its end, so that ``V/δ`` and ``1/(2√δ)`` stay finite.
+MIN_VARIANCE_TARGET = 1e-6
+
+StepClip = float | tuple[float, float] | None
 
 
 def ratio_variance(ratio: th.Tensor, center: str = "mean") -> th.Tensor:
@@ -51,13 +57,61 @@ def policy_objective(
     return surrogate_loss + lagrange_multiplier * (variance - variance_target), surrogate_loss, variance
 
 
+def stationary_multiplier(variance_target: float) -> float:
+    """
+    The stationary multiplier ``λ* = 1 / (2 √δ)``: with normalised advantages and each ratio treated as free,
+    the Lagrangian is stationary at ``Var(r) = 1 / (4 λ²)``, which equals δ at ``λ*``.
+
+    :param variance_target: The variance bound δ, > 0.
+    :return: ``λ*`` as a plain float.
+    """
+    if not variance_target > 0:
+        raise ValueError(f"stationary_multiplier needs a variance target > 0, got {variance_target}")
+    return 1.0 / (2.0 * math.sqrt(variance_target))
+
+
+def multiplier_lower_bound(lower: float, upper: float, floor_fraction: float | None, variance_target: float) -> float:
+    """
+    The lower bound of λ in effect for one update: ``max(lower, f · λ*(δ))``, never above ``upper``.
+
+    :param lower: The fixed lower bound ``lagrange_multiplier_min`` (≥ 0).
+    :param upper: The upper bound ``lagrange_multiplier_max`` (> ``lower``); a floor above it is cut to it.
+    :param floor_fraction: The fraction ``f`` in (0, 1] of the stationary multiplier that λ may not go below;
+        ``None``: no floor tied to δ, the bound is ``lower``.
+    :param variance_target: The variance bound δ in effect for this update (> 0).
+    :return: The bound as a plain float.
+    """
+    if floor_fraction is None:
+        return lower
+    return float(min(max(lower, floor_fraction * stationary_multiplier(variance_target)), upper))
+
+
+def clip_violation(violation: float, step_clip: StepClip, scale: float = 1.0) -> float:
+    """
+    Bound the constraint violation used by one dual step.
+
+    :param violation: The violation (``V/δ − 1`` for the multiplicative update, ``V − δ`` for the linear one).
+    :param step_clip: ``c`` (> 0): clip to ``[−c·scale, c·scale]``; a pair ``(down, up)`` (both > 0): clip to
+        ``[−down·scale, up·scale]``, so that λ can rise faster than it falls (or the reverse); ``None``: no clip.
+    :param scale: Unit of the bounds (1 for the relative violation, δ for the absolute one), > 0.
+    :return: The clipped violation as a plain float.
+    """
+    if step_clip is None:
+        return violation
+    if isinstance(step_clip, (tuple, list)):
+        down, up = step_clip
+    else:
+        down = up = step_clip
+    return min(max(violation, -down * scale), up * scale)
+
+
 def dual_update(
     lagrange_multiplier: float,
     variance: float,
     variance_target: float,
     mode: str,
     step_size: float,
-    step_clip: float | None,
+    step_clip: StepClip,
     lower: float,
     upper: float,
 ) -> float:
@@ -68,23 +122,27 @@ def dual_update(
     ``linear``: projected ascent ``λ ← λ + η · clip(V − δ, −c·δ, c·δ)``.
 
     The clip ``c`` (``step_clip``) exists because the variance of a small minibatch is heavy tailed: one
-    outlier minibatch must not move λ by orders of magnitude. ``None`` disables it.
+    outlier minibatch must not move λ by orders of magnitude. A pair ``(down, up)`` bounds a fall and a rise
+    separately (see :func:`clip_violation`).
 
+    :param lagrange_multiplier: λ before the step (within ``[lower, upper]``).
+    :param variance: The measured ratio variance V (finite, ≥ 0).
+    :param variance_target: The variance bound δ (> 0).
+    :param mode: ``"multiplicative"`` or ``"linear"``.
+    :param step_size: The dual step size η (> 0).
+    :param step_clip: ``c``, ``(down, up)`` or ``None``; see :func:`clip_violation`.
+    :param lower: Lower bound of λ (e.g. :func:`multiplier_lower_bound`).
+    :param upper: Upper bound of λ.
     :return: The new λ as a plain Python float.
     """
     if not math.isfinite(variance):
         raise ValueError(f"dual_update needs a finite variance, got {variance}")
     if mode == "multiplicative":
-        violation = variance / variance_target - 1.0
-        if step_clip is not None:
-            violation = min(max(violation, -step_clip), step_clip)
+        violation = clip_violation(variance / variance_target - 1.0, step_clip)
         # the cap only matters with step_clip=None, where exp() would overflow on a wild minibatch
         new_value = lagrange_multiplier * math.exp(min(step_size * violation, 700.0))
     elif mode == "linear":
-        violation = variance - variance_target
-        if step_clip is not None:
-            bound = step_clip * variance_target
-            violation = min(max(violation, -bound), bound)
+        violation = clip_violation(variance - variance_target, step_clip, scale=variance_target)
         new_value = lagrange_multiplier + step_size * violation
     else:
         raise ValueError(f"dual_update must be one of {DUAL_UPDATES}, got {mode!r}")

@@ -1,4 +1,5 @@
 import math
+import numbers
 import warnings
 from typing import Any, ClassVar, TypeVar
 
@@ -15,9 +16,15 @@ from torch.nn import functional as F
 from sb3_r2vpo.r2vpo.objective import (
     DUAL_UPDATE_FREQUENCIES,
     DUAL_UPDATES,
+    DUAL_VARIANCE_ESTIMATES,
+    MIN_VARIANCE_TARGET,
     VARIANCE_CENTERS,
+    StepClip,
     dual_update,
+    multiplier_lower_bound,
     policy_objective,
+    ratio_variance,
+    stationary_multiplier,
 )
 from sb3_r2vpo.r2vpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_r2vpo.r2vpo.replay import (
@@ -35,6 +42,14 @@ SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, sp
 
 # The share of samples whose ratio PPO's default clip (0.2) would have zeroed; logged to show what the brake kept.
 PPO_REFERENCE_CLIP = 0.2
+# Samples per forward pass when the ratio variance is measured over a whole rollout (no gradient is kept).
+ROLLOUT_VARIANCE_CHUNK = 1024
+
+
+_NONFINITE_ADVICE = (
+    "Lower `learning_rate`, lower `max_grad_norm`, lower `variance_target` or `dual_step_size`, and check the "
+    "environment for NaN observations/rewards (stable_baselines3.common.vec_env.VecCheckNan finds them)."
+)
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -64,13 +79,63 @@ def _check_positive_schedule(name: str, value: float | Schedule, allow_none: boo
         _check_positive(name, value, allow_none=allow_none)
 
 
+def _check_variance_target(value: float | Schedule) -> None:
+    """A constant > 0, or a schedule > 0 at the start of training that may anneal to 0 at its end (``lin_0.04``)."""
+    if not callable(value):
+        _check_positive("variance_target", value)
+        return
+    _check_positive("variance_target(1.0)", float(value(1.0)))
+    end = float(value(0.0))
+    if not (math.isfinite(end) and end >= 0):
+        raise ValueError(
+            f"`variance_target(0.0)` must be a finite number >= 0 (a schedule may anneal δ to 0, where it is held "
+            f"at {MIN_VARIANCE_TARGET}), got {end}"
+        )
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_step_clip(value: Any) -> StepClip:
+    """``dual_step_clip`` as stored: None, a float, or a ``(down, up)`` tuple of floats (YAML gives lists)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"`dual_step_clip` as a pair must be (down, up), two numbers > 0, got {len(value)} values: {value!r}"
+            )
+        for index, bound in enumerate(value):
+            if not _is_real(bound):
+                raise TypeError(f"`dual_step_clip[{index}]` must be a number, got {type(bound).__name__}")
+            if not (math.isfinite(bound) and bound > 0):
+                raise ValueError(f"`dual_step_clip[{index}]` must be a finite number > 0, got {bound}")
+        return float(value[0]), float(value[1])
+    if value is not None and not _is_real(value):
+        kind = type(value).__name__
+        raise TypeError(f"`dual_step_clip` must be a number, a pair (down, up) of numbers, or None, got {kind}")
+    _check_positive("dual_step_clip", value if value is None else float(value), allow_none=True)
+    return None if value is None else float(value)
+
+
+def _check_optional_range(name: str, value: Any, low: float, high: float, low_open: bool, meaning: str) -> None:
+    """``value`` is None or a finite number in ``(low, high]`` (``[low, high]`` unless ``low_open``)."""
+    if value is None:
+        return
+    interval = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
+    if not _is_real(value):
+        raise TypeError(f"`{name}` must be a number in {interval} or None, got {type(value).__name__}")
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and value <= high):
+        raise ValueError(f"`{name}` must be a number in {interval} ({meaning}) or None, got {value}")
+
+
 class R2VPO(OnPolicyAlgorithm):
     """
     Ratio-Variance Regularized Policy Optimization (R²VPO).
 
     PPO without ratio clipping: the policy maximises ``mean(r * A)`` under the constraint
     ``Var(r) <= variance_target`` on the importance ratio ``r = pi_theta(a|s) / mu(a|s)``, enforced by a
-    Lagrange multiplier λ that adapts by dual ascent after every minibatch (or every epoch).
+    Lagrange multiplier λ that adapts by dual ascent after every minibatch (or every epoch, or once per rollout).
 
     Paper (abstract only was available; the formulation is derived from the stated constrained problem):
     Luo et al., "R²VPO", arXiv 2605.26784 (ICML 2026).
@@ -85,17 +150,34 @@ class R2VPO(OnPolicyAlgorithm):
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
     :param variance_target: The bound δ on the ratio variance (≈ 2 × a KL target; sane range 0.01–0.1).
-        It can be a function of the current progress remaining (from 1 to 0).
+        It can be a function of the current progress remaining (from 1 to 0), > 0 at the start; like PPO's
+        annealed clip it may reach 0 at the end of training, where δ is held at ``MIN_VARIANCE_TARGET`` (1e-6).
     :param initial_lagrange_multiplier: λ at the start of training; ``None`` uses ``1 / (2 sqrt(δ))``, the
         stationary value for normalized advantages, clipped into the λ bounds.
     :param lagrange_multiplier_min: Lower bound of λ (must be > 0 for the multiplicative update)
     :param lagrange_multiplier_max: Upper bound of λ
+    :param lagrange_multiplier_floor: A floor tied to the stationary multiplier ``λ* = 1 / (2 √δ)``: a fraction
+        ``f`` in (0, 1]; λ's lower bound in each update is then ``max(lagrange_multiplier_min, f · λ*(δ_t))`` for
+        that update's (possibly scheduled) δ_t, cut to ``lagrange_multiplier_max``, and λ is lifted to it at the
+        start of the update. ``None`` (default): the lower bound is ``lagrange_multiplier_min`` alone. With a
+        floor the brake never fully releases.
     :param dual_update: ``"multiplicative"`` (λ ← λ·exp(η·(V/δ − 1))) or ``"linear"`` (λ ← λ + η·(V − δ))
     :param dual_step_size: The dual step size η
-    :param dual_step_clip: Bound ``c`` on the violation used by one dual step (``V/δ − 1`` is clipped to
-        ``[−c, c]``; for the linear update ``V − δ`` to ``[−c·δ, c·δ]``). ``None`` disables it.
-    :param dual_update_frequency: ``"minibatch"`` (after every gradient step) or ``"epoch"`` (once per
-        epoch, on the epoch's mean variance)
+    :param dual_step_clip: Bound ``c`` (> 0) on the violation used by one dual step (``V/δ − 1`` is clipped to
+        ``[−c, c]``; for the linear update ``V − δ`` to ``[−c·δ, c·δ]``). A pair ``(down, up)`` (tuple or list,
+        both > 0) clips asymmetrically to ``[−down, up]`` (linear: ``[−down·δ, up·δ]``), e.g. ``(1, 10)`` lets λ
+        rise faster than it falls. ``None`` disables it.
+    :param dual_update_frequency: ``"minibatch"`` (after every gradient step, on that minibatch's variance),
+        ``"epoch"`` (once per epoch, see ``dual_variance_estimate``) or ``"rollout"``: λ is held constant for
+        the whole update (all epochs), then takes one dual step on the ratio variance of the final policy over
+        the whole current rollout (measured without gradient; with replay, over the fresh rollout's samples
+        only, not the stale ones). No dual step is taken in an update without a single finite gradient step.
+    :param dual_variance_estimate: The variance that an epoch's dual step uses under
+        ``dual_update_frequency="epoch"``: ``"minibatch"`` (the mean of the epoch's minibatch variances) or
+        ``"rollout"`` (the current policy's ratio variance over the whole rollout, measured at the end of the
+        epoch — one extra forward pass over the rollout per epoch; with replay, the fresh samples only).
+        ``"rollout"`` is refused with ``"minibatch"`` frequency, and implied (this argument is ignored) under
+        ``"rollout"`` frequency.
     :param variance_center: ``"mean"`` (second central moment) or ``"one"`` (chi-square estimate)
     :param log_ratio_guard: Numerical guard: the log-ratio is clamped to ``[−g, g]`` before ``exp``. It must
         not act as a trust region; ``train/logratio_guard_fraction`` logs how often it fires.
@@ -118,8 +200,14 @@ class R2VPO(OnPolicyAlgorithm):
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: Stop the epoch loop early when the approximate KL exceeds ``1.5 * target_kl``
         (``None``: no limit)
+    :param variance_stop: κ ≥ 1, the ratio-variance counterpart of ``target_kl``: the epoch loop stops (as
+        ``target_kl`` stops it: before that minibatch's gradient step, and no later epoch runs) when a
+        minibatch's ratio variance exceeds ``κ · δ``. ``None`` (default): no such stop. With replay the
+        minibatch variance includes the stale samples, whose ratios are spread wider.
     :param max_nonfinite_steps: Number of consecutive gradient steps with a non-finite loss, variance or
-        gradient that are skipped before training is stopped with :class:`NonFiniteTrainingError`
+        gradient that are skipped before training is stopped with :class:`NonFiniteTrainingError`; the count
+        runs across updates (it is model state). A ``learn()`` call whose updates took no finite gradient step
+        at all raises :class:`NonFiniteTrainingError` too.
     :param stats_window_size: Window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation
@@ -152,10 +240,12 @@ class R2VPO(OnPolicyAlgorithm):
         initial_lagrange_multiplier: float | None = None,
         lagrange_multiplier_min: float = 1e-3,
         lagrange_multiplier_max: float = 1e3,
+        lagrange_multiplier_floor: float | None = None,
         dual_update: str = "multiplicative",
         dual_step_size: float = 0.05,
-        dual_step_clip: float | None = 1.0,
+        dual_step_clip: float | tuple[float, float] | list[float] | None = 1.0,
         dual_update_frequency: str = "minibatch",
+        dual_variance_estimate: str = "minibatch",
         variance_center: str = "mean",
         log_ratio_guard: float = 20.0,
         replay_rollouts: int = 0,
@@ -171,6 +261,7 @@ class R2VPO(OnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         target_kl: float | None = None,
+        variance_stop: float | None = None,
         max_nonfinite_steps: int = 10,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -188,16 +279,19 @@ class R2VPO(OnPolicyAlgorithm):
             initial_lagrange_multiplier=initial_lagrange_multiplier,
             lagrange_multiplier_min=lagrange_multiplier_min,
             lagrange_multiplier_max=lagrange_multiplier_max,
+            lagrange_multiplier_floor=lagrange_multiplier_floor,
             dual_update=dual_update,
             dual_step_size=dual_step_size,
             dual_step_clip=dual_step_clip,
             dual_update_frequency=dual_update_frequency,
+            dual_variance_estimate=dual_variance_estimate,
             variance_center=variance_center,
             log_ratio_guard=log_ratio_guard,
             replay_rollouts=replay_rollouts,
             replay_advantage=replay_advantage,
             clip_range_vf=clip_range_vf,
             target_kl=target_kl,
+            variance_stop=variance_stop,
             max_nonfinite_steps=max_nonfinite_steps,
         )
         super().__init__(
@@ -253,15 +347,18 @@ class R2VPO(OnPolicyAlgorithm):
         self.initial_lagrange_multiplier = None if initial_lagrange_multiplier is None else float(initial_lagrange_multiplier)
         self.lagrange_multiplier_min = float(lagrange_multiplier_min)
         self.lagrange_multiplier_max = float(lagrange_multiplier_max)
+        self.lagrange_multiplier_floor = None if lagrange_multiplier_floor is None else float(lagrange_multiplier_floor)
         self.dual_update = dual_update
         self.dual_step_size = float(dual_step_size)
-        self.dual_step_clip = None if dual_step_clip is None else float(dual_step_clip)
+        self.dual_step_clip = _check_step_clip(dual_step_clip)
         self.dual_update_frequency = dual_update_frequency
+        self.dual_variance_estimate = dual_variance_estimate
         self.variance_center = variance_center
         self.log_ratio_guard = float(log_ratio_guard)
         self.clip_range_vf = clip_range_vf
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
+        self.variance_stop = None if variance_stop is None else float(variance_stop)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.replay_rollouts = int(replay_rollouts)
         self.replay_advantage = replay_advantage
@@ -272,6 +369,9 @@ class R2VPO(OnPolicyAlgorithm):
         self.lagrange_multiplier: float | None = None
         self.replay: RolloutReplay | None = None
         self._rollout_index = 0
+        # Skipped (non-finite) gradient steps in a row, across updates; and finite gradient steps taken, ever.
+        self._consecutive_nonfinite = 0
+        self._finite_gradient_steps = 0
 
         if _init_setup_model:
             self._setup_model()
@@ -285,16 +385,19 @@ class R2VPO(OnPolicyAlgorithm):
         initial_lagrange_multiplier: float | None,
         lagrange_multiplier_min: float,
         lagrange_multiplier_max: float,
+        lagrange_multiplier_floor: float | None,
         dual_update: str,
         dual_step_size: float,
-        dual_step_clip: float | None,
+        dual_step_clip: float | tuple[float, float] | list[float] | None,
         dual_update_frequency: str,
+        dual_variance_estimate: str,
         variance_center: str,
         log_ratio_guard: float,
         replay_rollouts: int,
         replay_advantage: str,
         clip_range_vf: float | Schedule | None,
         target_kl: float | None,
+        variance_stop: float | None,
         max_nonfinite_steps: int,
     ) -> None:
         for name, value, minimum in (
@@ -310,11 +413,35 @@ class R2VPO(OnPolicyAlgorithm):
                 raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
         _check_choice("dual_update", dual_update, DUAL_UPDATES)
         _check_choice("dual_update_frequency", dual_update_frequency, DUAL_UPDATE_FREQUENCIES)
+        _check_choice("dual_variance_estimate", dual_variance_estimate, DUAL_VARIANCE_ESTIMATES)
+        if dual_variance_estimate == "rollout" and dual_update_frequency == "minibatch":
+            raise ValueError(
+                "`dual_variance_estimate`='rollout' needs `dual_update_frequency`='epoch' (or 'rollout', where it "
+                "is implied): a full-rollout variance after every minibatch would cost a pass over the rollout per "
+                "gradient step; got `dual_update_frequency`='minibatch'"
+            )
         _check_choice("variance_center", variance_center, VARIANCE_CENTERS)
         _check_choice("replay_advantage", replay_advantage, REPLAY_ADVANTAGES)
-        _check_positive_schedule("variance_target", variance_target)
+        _check_variance_target(variance_target)
         _check_positive("dual_step_size", dual_step_size)
-        _check_positive("dual_step_clip", dual_step_clip, allow_none=True)
+        _check_step_clip(dual_step_clip)
+        _check_optional_range(
+            "lagrange_multiplier_floor",
+            lagrange_multiplier_floor,
+            0.0,
+            1.0,
+            low_open=True,
+            meaning="the fraction of the stationary multiplier 1/(2√δ) below which λ may not fall",
+        )
+        _check_optional_range(
+            "variance_stop",
+            variance_stop,
+            1.0,
+            math.inf,
+            low_open=False,
+            meaning="the epochs stop when a minibatch's ratio variance exceeds variance_stop × variance_target; "
+            "below 1 they would stop before the constraint binds",
+        )
         _check_positive("log_ratio_guard", log_ratio_guard)
         _check_positive("target_kl", target_kl, allow_none=True)
         _check_positive_schedule("clip_range_vf", clip_range_vf, allow_none=True)
@@ -369,7 +496,7 @@ class R2VPO(OnPolicyAlgorithm):
     def _default_initial_multiplier(self) -> float:
         if self.initial_lagrange_multiplier is not None:
             return self.initial_lagrange_multiplier
-        stationary = 1.0 / (2.0 * math.sqrt(self.variance_target(1.0)))
+        stationary = stationary_multiplier(self.variance_target(1.0))
         return float(min(max(stationary, self.lagrange_multiplier_min), self.lagrange_multiplier_max))
 
     def _policy_loss(
@@ -377,6 +504,22 @@ class R2VPO(OnPolicyAlgorithm):
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """``(policy_loss, surrogate_loss, ratio_variance)`` of one minibatch; see :func:`policy_objective`."""
         return policy_objective(ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center)
+
+    def _variance_target_now(self) -> float:
+        """δ for this update: the schedule's value, held at ``MIN_VARIANCE_TARGET`` where it anneals to 0."""
+        value = float(self.variance_target(self._current_progress_remaining))
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"`variance_target` gave {value} at progress remaining {self._current_progress_remaining:.4f}; "
+                "it must stay a finite number >= 0"
+            )
+        return max(value, MIN_VARIANCE_TARGET)
+
+    def _multiplier_lower_bound(self, variance_target: float) -> float:
+        """λ's lower bound in effect for an update with variance target δ; see :func:`multiplier_lower_bound`."""
+        return multiplier_lower_bound(
+            self.lagrange_multiplier_min, self.lagrange_multiplier_max, self.lagrange_multiplier_floor, variance_target
+        )
 
     def _step_dual(self, variance: float, variance_target: float) -> None:
         self.lagrange_multiplier = dual_update(
@@ -386,9 +529,50 @@ class R2VPO(OnPolicyAlgorithm):
             mode=self.dual_update,
             step_size=self.dual_step_size,
             step_clip=self.dual_step_clip,
-            lower=self.lagrange_multiplier_min,
+            lower=self._multiplier_lower_bound(variance_target),
             upper=self.lagrange_multiplier_max,
         )
+
+    def _rollout_ratio_variance(self, replay_batch: ReplayBatch | None) -> float:
+        """
+        Ratio variance of the current policy over the whole current rollout (no gradient, in chunks), with the
+        same centre and log-ratio guard as training; with replay, over the fresh rollout's samples only.
+        """
+        was_training = self.policy.training
+        self.policy.set_training_mode(False)  # the mode μ's log-probabilities were collected in
+        ratios = []
+        with th.no_grad():
+            for observations, actions, old_log_prob in self._rollout_chunks(replay_batch):
+                _, log_prob, _ = self.policy.evaluate_actions(observations, actions)
+                log_ratio = log_prob.flatten() - old_log_prob.flatten()
+                ratios.append(th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard)))
+        self.policy.set_training_mode(was_training)
+        return float(ratio_variance(th.cat(ratios), self.variance_center))
+
+    def _rollout_chunks(self, replay_batch: ReplayBatch | None):
+        """``(observations, actions, old_log_prob)`` of the fresh rollout in order, in chunks; consumes no RNG."""
+        chunk = max(self.batch_size, ROLLOUT_VARIANCE_CHUNK)
+        if replay_batch is not None:
+            fresh = th.nonzero(replay_batch.ages == 0).flatten()
+            for start in range(0, len(fresh), chunk):
+                idx = fresh[start : start + chunk]
+                observations = (
+                    {key: obs[idx] for key, obs in replay_batch.observations.items()}
+                    if isinstance(replay_batch.observations, dict)
+                    else replay_batch.observations[idx]
+                )
+                yield observations, self._policy_actions(replay_batch.actions[idx]), replay_batch.old_log_prob[idx]
+            return
+        buffer = self.rollout_buffer
+        if not buffer.generator_ready:
+            raise RuntimeError("the rollout buffer must have been flattened by get() before its variance is measured")
+        size = buffer.buffer_size * buffer.n_envs
+        for start in range(0, size, chunk):
+            samples = buffer._get_samples(np.arange(start, min(start + chunk, size)))
+            yield samples.observations, self._policy_actions(samples.actions), samples.old_log_prob
+
+    def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
+        return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions
 
     def train(self) -> None:
         """
@@ -396,15 +580,21 @@ class R2VPO(OnPolicyAlgorithm):
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        variance_target = self.variance_target(self._current_progress_remaining)
+        variance_target = self._variance_target_now()
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+        lower_bound = self._multiplier_lower_bound(variance_target)
+        # λ enters the update within the bounds in effect for it (a floor tied to δ may have risen).
+        self.lagrange_multiplier = float(min(max(self.lagrange_multiplier, lower_bound), self.lagrange_multiplier_max))
+        estimate_on_rollout = self.dual_update_frequency == "epoch" and self.dual_variance_estimate == "rollout"
 
         # One row of statistics per gradient step, gathered with a single device sync per minibatch.
         step_stats: list[list[float]] = []
         multipliers = [self.lagrange_multiplier]  # every value λ takes during this update
         nonfinite_skips = 0
-        consecutive_nonfinite = 0
         continue_training = True
+        variance_stop_epoch: int | None = None
+        # The current policy's full-rollout ratio variance, while no gradient step has happened since it was measured.
+        final_variance: float | None = None
 
         replay_batch, pending = None, None
         replay_stats: dict[str, float] = {}
@@ -426,9 +616,7 @@ class R2VPO(OnPolicyAlgorithm):
         for epoch in range(self.n_epochs):
             epoch_variances: list[float] = []
             for rollout_data, ages in self._minibatches(replay_batch):
-                actions = rollout_data.actions
-                if isinstance(self.action_space, spaces.Discrete):
-                    actions = rollout_data.actions.long().flatten()
+                actions = self._policy_actions(rollout_data.actions)
 
                 values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
                 values = values.flatten()
@@ -478,6 +666,15 @@ class R2VPO(OnPolicyAlgorithm):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {stats[1]:.2f}")
                     break
+                if finite and self.variance_stop is not None and stats[0] > self.variance_stop * variance_target:
+                    continue_training = False
+                    variance_stop_epoch = epoch
+                    if self.verbose >= 1:
+                        print(
+                            f"Early stopping at step {epoch} due to the ratio variance {stats[0]:.4f} "
+                            f"> {self.variance_stop} x variance_target"
+                        )
+                    break
 
                 if finite:
                     self.policy.optimizer.zero_grad()
@@ -488,11 +685,13 @@ class R2VPO(OnPolicyAlgorithm):
                     # Nothing of this minibatch may reach the weights or λ.
                     self.policy.optimizer.zero_grad()
                     nonfinite_skips += 1
-                    consecutive_nonfinite += 1
-                    self._raise_if_diverged(consecutive_nonfinite)
+                    self._consecutive_nonfinite += 1
+                    self._raise_if_diverged(self._consecutive_nonfinite)
                     continue
                 self.policy.optimizer.step()
-                consecutive_nonfinite = 0
+                self._consecutive_nonfinite = 0
+                self._finite_gradient_steps += 1
+                final_variance = None
                 step_stats.append(stats)
                 if ages is not None:
                     age_variances.append(self._fresh_and_stale_variance(ratio.detach(), ages))
@@ -503,13 +702,25 @@ class R2VPO(OnPolicyAlgorithm):
                 else:
                     epoch_variances.append(stats[0])
 
-            if epoch_variances:
-                self._step_dual(float(np.mean(epoch_variances)), variance_target)
-                multipliers.append(self.lagrange_multiplier)
+            if epoch_variances and self.dual_update_frequency == "epoch":
+                if estimate_on_rollout:
+                    final_variance = self._rollout_ratio_variance(replay_batch)
+                    epoch_variance = final_variance
+                else:
+                    epoch_variance = float(np.mean(epoch_variances))
+                if math.isfinite(epoch_variance):
+                    self._step_dual(epoch_variance, variance_target)
+                    multipliers.append(self.lagrange_multiplier)
 
             self._n_updates += 1
             if not continue_training:
                 break
+
+        if final_variance is None:
+            final_variance = self._rollout_ratio_variance(replay_batch)
+        if self.dual_update_frequency == "rollout" and step_stats and math.isfinite(final_variance):
+            self._step_dual(final_variance, variance_target)
+            multipliers.append(self.lagrange_multiplier)
 
         if self.replay is not None:
             self.replay.append(pending)
@@ -518,6 +729,16 @@ class R2VPO(OnPolicyAlgorithm):
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         self._record_train_stats(step_stats, variance_target, multipliers, nonfinite_skips, explained_var)
+        self.logger.record("train/ratio_variance_final", final_variance)
+        self.logger.record("train/lagrange_multiplier_lower_bound", lower_bound)
+        # Values within a relative 1e-9 of the bound count as on it (the bound is applied by max(), exactly).
+        at_floor = np.mean([value <= lower_bound * (1 + 1e-9) for value in multipliers])
+        self.logger.record("train/lagrange_multiplier_at_floor", float(at_floor))
+        self.logger.record("train/gradient_steps", len(step_stats))
+        if self.variance_stop is not None:
+            self.logger.record("train/variance_stopped", float(variance_stop_epoch is not None))
+            if variance_stop_epoch is not None:
+                self.logger.record("train/variance_stop_epoch", variance_stop_epoch)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
@@ -551,9 +772,7 @@ class R2VPO(OnPolicyAlgorithm):
         if consecutive_nonfinite >= self.max_nonfinite_steps:
             raise NonFiniteTrainingError(
                 f"R2VPO skipped {consecutive_nonfinite} consecutive gradient steps whose loss, ratio variance or "
-                "gradient was NaN/inf; the weights and the Lagrange multiplier were left untouched. Lower "
-                "`learning_rate`, lower `max_grad_norm`, lower `variance_target` or `dual_step_size`, and check the "
-                "environment for NaN observations/rewards (stable_baselines3.common.vec_env.VecCheckNan finds them)."
+                "gradient was NaN/inf; the weights and the Lagrange multiplier were left untouched. " + _NONFINITE_ADVICE
             )
 
     def _record_train_stats(
@@ -605,8 +824,11 @@ class R2VPO(OnPolicyAlgorithm):
 
         :param total_timesteps: Environment steps to train for; ``None`` uses
             :attr:`default_total_timesteps` (100,000).
+        :raises NonFiniteTrainingError: ``max_nonfinite_steps`` consecutive gradient steps (counted across
+            updates) were non-finite, or this call ran updates without taking a single finite gradient step.
         """
-        return super().learn(
+        updates_before, steps_before = self._rollout_index, self._finite_gradient_steps
+        super().learn(
             total_timesteps=self.default_total_timesteps if total_timesteps is None else total_timesteps,
             callback=callback,
             log_interval=log_interval,
@@ -614,3 +836,10 @@ class R2VPO(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+        updates = self._rollout_index - updates_before
+        if updates > 0 and self._finite_gradient_steps == steps_before:
+            raise NonFiniteTrainingError(
+                f"R2VPO ran {updates} update(s) without a single finite gradient step: every loss, ratio variance or "
+                "gradient was NaN/inf, so the weights and the Lagrange multiplier were never changed. " + _NONFINITE_ADVICE
+            )
+        return self
