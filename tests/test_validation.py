@@ -16,7 +16,7 @@ from tests.envs import TupleActionEnv
         (
             dict(variance_target=lambda progress: progress - 0.5),
             ValueError,
-            r"`variance_target\(0.0\)` must be a finite number > 0, got -0.5",
+            r"`variance_target\(0.0\)` must be a finite number >= 0 .*, got -0.5",
         ),
         (dict(variance_target="0.04"), TypeError, r"`variance_target` must be a number"),
         (dict(dual_step_size=0.0), ValueError, r"`dual_step_size` must be a finite number > 0"),
@@ -40,9 +40,9 @@ from tests.envs import TupleActionEnv
         ),
         (dict(variance_center="median"), ValueError, r"`variance_center` must be one of \('mean', 'one'\)"),
         (
-            dict(dual_update_frequency="rollout"),
+            dict(dual_update_frequency="update"),
             ValueError,
-            r"`dual_update_frequency` must be one of \('minibatch', 'epoch'\)",
+            r"`dual_update_frequency` must be one of \('minibatch', 'epoch', 'rollout'\)",
         ),
         (dict(batch_size=1), ValueError, r"`batch_size` must be >= 2, got 1"),
         (dict(batch_size=32.0), TypeError, r"`batch_size` must be an int"),

@@ -369,9 +369,10 @@ class R2VPO(OnPolicyAlgorithm):
         self.lagrange_multiplier: float | None = None
         self.replay: RolloutReplay | None = None
         self._rollout_index = 0
-        # Skipped (non-finite) gradient steps in a row, across updates; and finite gradient steps taken, ever.
+        # Skipped (non-finite) gradient steps in a row, across updates; finite and skipped gradient steps, ever.
         self._consecutive_nonfinite = 0
         self._finite_gradient_steps = 0
+        self._nonfinite_gradient_steps = 0
 
         if _init_setup_model:
             self._setup_model()
@@ -467,6 +468,8 @@ class R2VPO(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         super()._setup_model()
         self.variance_target = FloatSchedule(self.variance_target)
+        # A saved (down, up) pair comes back from the model file as a list.
+        self.dual_step_clip = _check_step_clip(self.dual_step_clip)
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         if self.lagrange_multiplier is None:
@@ -685,6 +688,7 @@ class R2VPO(OnPolicyAlgorithm):
                     # Nothing of this minibatch may reach the weights or λ.
                     self.policy.optimizer.zero_grad()
                     nonfinite_skips += 1
+                    self._nonfinite_gradient_steps += 1
                     self._consecutive_nonfinite += 1
                     self._raise_if_diverged(self._consecutive_nonfinite)
                     continue
@@ -828,6 +832,7 @@ class R2VPO(OnPolicyAlgorithm):
             updates) were non-finite, or this call ran updates without taking a single finite gradient step.
         """
         updates_before, steps_before = self._rollout_index, self._finite_gradient_steps
+        skips_before = self._nonfinite_gradient_steps
         super().learn(
             total_timesteps=self.default_total_timesteps if total_timesteps is None else total_timesteps,
             callback=callback,
@@ -837,7 +842,8 @@ class R2VPO(OnPolicyAlgorithm):
             progress_bar=progress_bar,
         )
         updates = self._rollout_index - updates_before
-        if updates > 0 and self._finite_gradient_steps == steps_before:
+        # (Updates stopped before their first step by target_kl or variance_stop alone are not an error.)
+        if updates > 0 and self._finite_gradient_steps == steps_before and self._nonfinite_gradient_steps > skips_before:
             raise NonFiniteTrainingError(
                 f"R2VPO ran {updates} update(s) without a single finite gradient step: every loss, ratio variance or "
                 "gradient was NaN/inf, so the weights and the Lagrange multiplier were never changed. " + _NONFINITE_ADVICE
