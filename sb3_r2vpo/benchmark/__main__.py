@@ -2,18 +2,24 @@
 python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos ...] [--seeds ...] [--steps N]
                                   [--jobs J] [--out benchmarks/results]
 python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks]
+python -m sb3_r2vpo.benchmark overhead [--envs CartPole-v1 Pendulum-v1] [--repeats 7] [--out FILE.json]
 
 `run` skips finished runs and restarts killed ones, so the same command resumes. Algorithms: r2vpo,
-r2vpo-matched, ppo, trpo, spo, r2vpo-k<K> (R2VPO with replay_rollouts=K), and variants of any of them:
+r2vpo-matched, ppo, ppo-matched, trpo, spo, r2vpo-k<K> (R2VPO with replay_rollouts=K), r2vpo@FILE (R2VPO with
+the task's entry of another hyperparameter file, e.g. the best.yml of `python -m sb3_r2vpo.tune --output`),
+and variants of any of them:
 'r2vpo[variance_target=0.02,dual_update_frequency=epoch]' is R2VPO's entry with those constructor arguments
 (values in YAML syntax; quote the whole name in the shell). Budgets round up to whole rollouts (the runner
 says so); each run is evaluated --eval-points times between rollouts plus once before training, and its
 final score is the mean of the last 3 evaluations.
+
+`overhead` times R2VPO's train() against PPO's on the same rollout buffer and weights (see .overhead).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -45,12 +51,29 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     report.add_argument("--report-dir", type=Path, default=Path("benchmarks"))
     report.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    overhead = commands.add_parser("overhead", help="time R2VPO's train() against PPO's on identical buffers")
+    overhead.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
+    overhead.add_argument("--repeats", type=_positive, default=7, help="alternating timed train() calls per algorithm")
+    overhead.add_argument("--n-steps", type=_positive, default=2048)
+    overhead.add_argument("--batch-size", type=_positive, default=64)
+    overhead.add_argument("--n-epochs", type=_positive, default=10)
+    overhead.add_argument("--threads", type=_positive, default=1, help="torch threads (1: less noise from other work)")
+    overhead.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     args = parser.parse_args(argv)
+
+    if args.command == "overhead":
+        _overhead(args, parser, argv)
+        return
 
     if args.command == "run":
         budgets = SUITES[args.suite]
         envs = args.envs or list(budgets)
         try:
+            from sb3_r2vpo.benchmark.envs import register_envs
+            from sb3_r2vpo.cli import check_env_ids
+
+            register_envs()
+            check_env_ids(envs)  # a typo is one line and nothing is written, as in every entry point
             algos = list(dict.fromkeys(canonical_name(algo) for algo in args.algos))
             specs = [
                 RunSpec(
@@ -81,6 +104,38 @@ def main(argv: list[str] | None = None) -> None:
             runs_dir=args.out.as_posix(),
         )
         print(f"wrote {path}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _overhead(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    import torch as th
+
+    from sb3_r2vpo.benchmark.envs import register_envs
+    from sb3_r2vpo.benchmark.overhead import describe, train_overhead
+    from sb3_r2vpo.presets import check_env_id
+
+    register_envs()
+    try:
+        for env_id in args.envs:
+            check_env_id(env_id)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    th.set_num_threads(args.threads)
+    results = []
+    for env_id in args.envs:
+        results.append(train_overhead(env_id, args.repeats, args.n_steps, args.batch_size, args.n_epochs))
+        print(describe(results[-1]), flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = "python -m sb3_r2vpo.benchmark " + shlex.join(argv)
+        args.out.write_text(json.dumps({"command": command, "results": results}, indent=2))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 from stable_baselines3 import PPO
@@ -16,7 +18,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_r2vpo.benchmark.baselines import SPO
 from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM
-from sb3_r2vpo.presets import Preset, _parse_value, get_preset, load_hyperparams
+from sb3_r2vpo.presets import Preset, _parse_value, get_preset, load_hyperparams, r2vpo_only_arguments
 from sb3_r2vpo.r2vpo import R2VPO
 
 # Tasks without an entry of their own borrow one.
@@ -39,14 +41,26 @@ def entry_candidates(env_id: str) -> list[str]:
     return [*candidates, "default"]
 
 
-def preset_for(env_id: str, path: Path | None) -> tuple[Preset, str]:
-    """The first entry of ``path`` that fits ``env_id``, retargeted to ``env_id``; and its description."""
+def preset_for(env_id: str, path: Path | None, shown_as: str | None = None) -> tuple[Preset, str]:
+    """
+    The first entry of ``path`` that fits ``env_id``, retargeted to ``env_id``; and its description
+    ``<file>:<entry>``, the file named ``shown_as`` (default: its file name).
+
+    :raise ValueError: The file cannot be read, or has no entry that fits ``env_id`` (one line)
+    """
     available = load_hyperparams(path)
-    name = next(candidate for candidate in entry_candidates(env_id) if candidate in available)
+    shown_as = shown_as or (path.name if path else "r2vpo.yml")
+    candidates = entry_candidates(env_id)
+    name = next((candidate for candidate in candidates if candidate in available), None)
+    if name is None:
+        raise ValueError(
+            f"{shown_as}: no entry for {env_id} (looked for {', '.join(candidates)}); "
+            f"entries: {', '.join(sorted(map(str, available))) or 'none'}"
+        )
     preset = dataclasses.replace(get_preset(env_id, path=path, entry_name=name), env_id=env_id)
     if name == "default":
         preset.n_timesteps = 0
-    return preset, f"{path.name if path else 'r2vpo.yml'}:{name}"
+    return preset, f"{shown_as}:{name}"
 
 
 def constructor_parameters(algorithm: type) -> dict[str, inspect.Parameter]:
@@ -157,12 +171,29 @@ def parse_variant(algo: str) -> tuple[str, dict[str, Any]]:
     return match["base"].strip(), overrides
 
 
+# R2VPO from another hyperparameter file: ``r2vpo@path/to/file.yml``.
+FROM_FILE = "r2vpo@"
+
+
+def _encode_file_base(base: str) -> str:
+    """
+    ``r2vpo@<path>`` with the path normalised and its ``/`` written ``%2F`` (``%`` as ``%25``): the name is a
+    folder of the results (``runs/<task>/<name>/seed<S>``), which a ``/`` would split.
+    """
+    if not base.startswith(FROM_FILE):
+        return base
+    path = os.path.normpath(base[len(FROM_FILE) :].strip())
+    return FROM_FILE + path.replace("%", "%25").replace("/", "%2F")
+
+
 def canonical_name(algo: str) -> str:
     """
     The name a run of ``algo`` is stored and reported under: keys sorted and values written back, so that
-    ``r2vpo[b=2, a=0.10]`` and ``r2vpo[a=0.1,b=2]`` are the same runs.
+    ``r2vpo[b=2, a=0.10]`` and ``r2vpo[a=0.1,b=2]`` are the same runs; in ``r2vpo@<file>`` the path's ``/``
+    are written ``%2F``.
     """
     base, overrides = parse_variant(algo)
+    base = _encode_file_base(base)
     if not overrides:
         return base
     return f"{base}[{','.join(f'{key}={_format_value(overrides[key])}' for key in sorted(overrides))}]"
@@ -174,11 +205,17 @@ def configure(algo: str, env_id: str) -> RunConfig:
     arguments overriding its entry (see :func:`parse_variant`). The bases:
 
     - ``r2vpo``: our ``r2vpo.yml`` entry; ``r2vpo-kK``: the same with ``replay_rollouts=K``;
+    - ``r2vpo@<file>``: R2VPO with the task's entry of another hyperparameter file in rl_zoo3's format (e.g. the
+      ``best.yml`` that ``python -m sb3_r2vpo.tune --output`` writes); the path is relative to the working
+      directory, ``/`` may be written ``%2F``;
     - ``ppo`` / ``trpo``: rl_zoo3's own ppo.yml / trpo.yml entry (-v4 or -v2 entry for a -v5 task);
     - ``r2vpo-matched``: R2VPO with exactly PPO's entry, the clip replaced by the brake (library δ);
+    - ``ppo-matched``, its mirror: SB3's PPO with our ``r2vpo.yml`` entry, R2VPO's own arguments dropped and
+      the ``clip_range`` of PPO's zoo entry (SB3's default where that entry sets none);
     - ``spo``: PPO's entry with SPO's loss (ε = 0.2) in place of the clip.
 
-    :raise ValueError: An unknown algorithm, a malformed variant, or a key the algorithm does not accept
+    :raise ValueError: An unknown algorithm, a malformed variant, a key the algorithm does not accept, or a
+        hyperparameter file that is missing, unreadable or without an entry for ``env_id``
     """
     base, variant = parse_variant(algo)
     config = _configure_base(base, env_id)
@@ -197,11 +234,30 @@ def configure(algo: str, env_id: str) -> RunConfig:
     return dataclasses.replace(config, overrides={**config.overrides, **parsed}, entry=f"{config.entry}; variant: {changes}")
 
 
+def _configure_from_file(algo: str, env_id: str) -> RunConfig:
+    """``r2vpo@<file>``: R2VPO from the task's entry of ``<file>``, its keys checked against R2VPO's arguments."""
+    shown = unquote(algo[len(FROM_FILE) :].strip())
+    path = Path(shown)
+    if not shown or not path.is_file():
+        raise ValueError(f"{algo}: no hyperparameter file {shown!r} (paths are relative to the working directory)")
+    try:
+        preset, entry = preset_for(env_id, path, shown_as=shown)
+    except ValueError as error:  # a YAML error spans several lines
+        raise ValueError(" ".join(str(error).split())) from None
+    accepted = set(constructor_parameters(R2VPO)) - set(_RUNNER_ARGUMENTS)
+    unknown = sorted(set(preset.model_kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"{entry}: R2VPO has no argument {unknown[0]!r}")
+    return RunConfig(preset, R2VPO, {}, entry)
+
+
 def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "r2vpo" or algo.startswith("r2vpo-k"):
         preset, entry = preset_for(env_id, None)
         overrides = {"replay_rollouts": int(algo[len("r2vpo-k") :])} if algo.startswith("r2vpo-k") else {}
         return RunConfig(preset, R2VPO, overrides, entry)
+    if algo.startswith(FROM_FILE):
+        return _configure_from_file(algo, env_id)
     if algo == "trpo":
         from sb3_contrib import TRPO
 
@@ -210,13 +266,31 @@ def _configure_base(algo: str, env_id: str) -> RunConfig:
     preset, entry = preset_for(env_id, zoo_hyperparams_file("ppo"))
     if algo == "ppo":
         return RunConfig(preset, PPO, {}, entry)
+    if algo == "ppo-matched":
+        ours, our_entry = preset_for(env_id, None)
+        r2vpo_only = r2vpo_only_arguments()
+        kwargs = {key: value for key, value in ours.model_kwargs.items() if key not in r2vpo_only}
+        if "clip_range" in preset.model_kwargs:
+            kwargs["clip_range"] = preset.model_kwargs["clip_range"]
+            clip = f"clip_range of {entry}"
+        else:
+            kwargs.pop("clip_range", None)
+            clip = f"SB3's default clip_range ({entry} sets none)"
+        ours = dataclasses.replace(ours, model_kwargs=kwargs)
+        return RunConfig(ours, PPO, {}, f"{our_entry} without R2VPO's arguments, {clip}")
     without_clip = {key: value for key, value in preset.model_kwargs.items() if key != "clip_range"}
     preset = dataclasses.replace(preset, model_kwargs=without_clip)
     if algo == "r2vpo-matched":
         return RunConfig(preset, R2VPO, {}, entry + " (clip removed)")
     if algo == "spo":
         return RunConfig(preset, SPO, {}, entry + " (clip replaced by SPO's loss, ε=0.2)")
-    raise ValueError(f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo-matched, ppo, trpo, spo")
+    raise ValueError(
+        f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo@<file.yml>, r2vpo-matched, ppo, ppo-matched, trpo, spo"
+    )
+
+
+# A "matched" algorithm and the one whose model it builds where our entry is PPO's with δ added.
+MATCHED_TWINS = {"r2vpo-matched": "r2vpo", "ppo-matched": "ppo"}
 
 
 # Cached: it reads the YAML files (~0.16 s) and the answer is the same for every seed of a task.
@@ -225,8 +299,10 @@ def same_run_as(algo: str, env_id: str) -> str | None:
     """
     ``"r2vpo"`` when ``r2vpo-matched`` on ``env_id`` would be R2VPO's own run: our entry is PPO's (clip removed,
     library δ), so both build the same model and, seeded and single-threaded, train it bit for bit alike.
+    Likewise ``"ppo"`` for ``ppo-matched`` (our entry without δ, PPO's clip) where that is PPO's own entry.
     ``None`` otherwise.
     """
-    if algo != "r2vpo-matched":
+    twin = MATCHED_TWINS.get(algo)
+    if twin is None:
         return None
-    return "r2vpo" if configure(algo, env_id).effective() == configure("r2vpo", env_id).effective() else None
+    return twin if configure(algo, env_id).effective() == configure(twin, env_id).effective() else None

@@ -1,31 +1,30 @@
 """
 Overhead of R2VPO's ``train()`` over SB3 PPO's, on identical rollout buffers and identical starting weights,
-in one process (ratios rather than seconds: the machine is shared).
+in one process (ratios rather than seconds: a shared machine makes seconds noisy).
 
-    python benchmarks/train_overhead.py --envs CartPole-v1 Pendulum-v1 --repeats 7
+    python -m sb3_r2vpo.benchmark overhead --envs CartPole-v1 Pendulum-v1 --repeats 9 [--out FILE]
 
 PPO collects one rollout; both algorithms then run ``train()`` on that same buffer from the same weights,
-alternating which goes first, ``--repeats`` times. Prints and writes the median ratio R2VPO / PPO.
+alternating which goes first, ``repeats`` times. Both use the library defaults, not an entry, apart from the
+rollout and minibatch sizes and the epochs.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import configure_logger
 
-from sb3_r2vpo import R2VPO
+from sb3_r2vpo.r2vpo import R2VPO
 
 
-def _timed_train(model, policy_state: dict, optimizer_state: dict) -> float:
+def _timed_train(model: BaseAlgorithm, policy_state: dict, optimizer_state: dict) -> float:
     model.policy.load_state_dict(policy_state)
     model.policy.optimizer.load_state_dict(optimizer_state)
     start = time.perf_counter()
@@ -33,7 +32,20 @@ def _timed_train(model, policy_state: dict, optimizer_state: dict) -> float:
     return time.perf_counter() - start
 
 
-def measure(env_id: str, repeats: int, n_steps: int, batch_size: int, n_epochs: int) -> dict:
+def train_overhead(env_id: str, repeats: int = 7, n_steps: int = 2048, batch_size: int = 64, n_epochs: int = 10) -> dict:
+    """
+    Time R2VPO's and PPO's ``train()`` on the same rollout from the same weights.
+
+    :param env_id: Gymnasium id
+    :param repeats: Timed ``train()`` calls per algorithm, alternating which goes first
+    :param n_steps: Rollout length (one env)
+    :param batch_size: Minibatch size
+    :param n_epochs: Epochs per ``train()``
+    :return: The settings, the median seconds of each, ``median_ratio`` (median of the per-repeat ratios
+        R2VPO / PPO) and ``ratio_of_medians``
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     common = dict(n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, seed=0, device="cpu")
     ppo = PPO("MlpPolicy", env_id, **common)
     r2vpo = R2VPO("MlpPolicy", env_id, **common)
@@ -57,6 +69,8 @@ def measure(env_id: str, repeats: int, n_steps: int, batch_size: int, n_epochs: 
             th.manual_seed(repeat)  # same minibatch order for both
             np.random.seed(repeat)
             times[name].append(_timed_train(model, policy_state, optimizer_state))
+    for model in (ppo, r2vpo):
+        model.env.close()
     ratios = np.array(times["r2vpo"]) / np.array(times["ppo"])
     return {
         "env_id": env_id,
@@ -71,30 +85,9 @@ def measure(env_id: str, repeats: int, n_steps: int, batch_size: int, n_epochs: 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--n-steps", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--n-epochs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise from the other core)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_overhead.json"))
-    args = parser.parse_args(argv)
-    th.set_num_threads(args.threads)
-    results = [measure(env_id, args.repeats, args.n_steps, args.batch_size, args.n_epochs) for env_id in args.envs]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"command": "python benchmarks/train_overhead.py " + " ".join(argv or []), "results": results}, indent=2)
+def describe(result: dict) -> str:
+    """One line for a result of :func:`train_overhead`."""
+    return (
+        f"{result['env_id']}: train() PPO {result['ppo_median_s']:.3f}s, R2VPO {result['r2vpo_median_s']:.3f}s, "
+        f"median ratio R2VPO/PPO = {result['median_ratio']:.3f} over {result['repeats']} repeats"
     )
-    for result in results:
-        print(
-            f"{result['env_id']}: train() PPO {result['ppo_median_s']:.3f}s, R2VPO {result['r2vpo_median_s']:.3f}s, "
-            f"median ratio R2VPO/PPO = {result['median_ratio']:.3f} over {result['repeats']} repeats"
-        )
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
