@@ -43,7 +43,9 @@ def test_runner_writes_curves_and_report(tmp_path, capsys):
         assert run["curve"].shape == (3, 4)  # evaluations at 0, 512 and 1024 steps
         assert list(run["curve"][:, 0]) == [0, 512, 1024]
         assert run["env_steps"] >= 1024 and run["seconds_per_step"] > 0
-        assert run["final_return"] == run["curve"][-1, 2]
+        # protocol v2: final = mean of the last 3 evaluations after the untrained one (here both of them)
+        assert run["final_return"] == pytest.approx(run["curve"][1:, 2].mean())
+        assert run["last_return"] == run["curve"][-1, 2] and run["protocol"] == 2
     with open(out / "runs" / "InvertedPendulum-v5" / "ppo" / "seed0" / "curve.csv") as file:
         assert next(csv.reader(file)) == ["env_steps", "train_seconds", "eval_return_mean", "eval_return_std"]
 
@@ -87,7 +89,8 @@ def test_killed_run_restarts_cleanly(tmp_path):
 
     main(["run", *command[command.index("--envs") :][:-2], "--out", str(out), "--steps", "2000", "--eval-points", "2"])
     (run,) = load_runs(out)
-    assert run["steps"] == 2000 and list(run["curve"][:, 0]) == [0, 1000, 2000, 2016]  # 32-step rollouts run past 2000
+    # 32-step rollouts: 2000 steps train 2016; evaluations at 2016 / 2 and after the last update, nothing more
+    assert run["steps"] == 2000 and list(run["curve"][:, 0]) == [0, 1008, 2016]
     assert not partial.exists()
 
 
@@ -139,11 +142,13 @@ def test_normalisation_and_rliable_on_hand_made_scores():
 
 
 def test_score_matrices_keep_seeds_complete_on_every_task():
-    curve = np.zeros((1, 4))
+    def ending_at(final: float) -> np.ndarray:  # the final score is the mean of the last 3 evaluations
+        return np.array([[step, 0.0, final, 0.0] for step in (0, 1, 2, 3)])
+
     runs = [
-        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 0, "final_return": 500.0, "curve": curve},
-        {"algo": "ppo", "env_id": "Pendulum-v1", "seed": 0, "final_return": -150.0, "curve": curve},
-        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 1, "final_return": 22.9, "curve": curve},  # no Pendulum seed 1
+        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 0, "curve": ending_at(500.0)},
+        {"algo": "ppo", "env_id": "Pendulum-v1", "seed": 0, "curve": ending_at(-150.0)},
+        {"algo": "ppo", "env_id": "CartPole-v1", "seed": 1, "curve": ending_at(22.9)},  # no Pendulum seed 1
     ]
     matrices, tasks, seeds = score_matrices(runs)
     assert tasks == ["CartPole-v1", "Pendulum-v1"] and seeds["ppo"] == [0]
@@ -202,7 +207,8 @@ def test_steps_to_reach_ppo_final_on_hand_made_curves():
         run("r2vpo-k4", 1, [-100, -1200, -1200, -1200, -1200]),
     ]
     found = steps_to_reach(runs)
-    assert found[("Pendulum-v1", "ppo")] == (1.0, 1.0, 2, 2)
+    # PPO's final (mean of its last 3 evaluations) is -316.7: first reached at 750 steps on both seeds
+    assert found[("Pendulum-v1", "ppo")] == (0.75, 0.75, 2, 2)
     # seed-mean curve: -650, -905, -170 -> first at 750 steps; per seed: 250 and 750 -> median 0.5
     assert found[("Pendulum-v1", "r2vpo")] == (0.75, 0.5, 2, 2)
     for algo in ("r2vpo-k2", "r2vpo-k4"):
@@ -234,3 +240,84 @@ def test_drifting_pendulum_changes_physics_between_episodes():
     assert max(masses) / min(masses) > 1.5 and max(lengths) / min(lengths) > 1.2
     assert min(masses) >= 0.7 - 1e-9 and max(masses) <= 1.3 + 1e-9
     assert json.dumps(masses)  # plain floats
+
+
+def test_drifting_pendulum_evaluation_spans_the_whole_cycle():
+    """Each evaluation's episodes run at evenly spaced phases of the drift, whatever the env did before."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    register_envs()
+    env = make_vec_env(DRIFTING_PENDULUM, n_envs=1, seed=0)
+    for _ in range(37):  # the env is somewhere in its training cycle
+        env.reset()
+    env.env_method("start_evaluation", 10)
+    masses, lengths = [], []
+    env.reset()
+    for _ in range(10):
+        masses.append(env.envs[0].unwrapped.m)
+        lengths.append(env.envs[0].unwrapped.l)
+        done = False
+        while not done:
+            done = env.step(np.zeros((1, 1), dtype=np.float32))[2][0]  # auto-reset starts the next episode
+    phases = 2 * np.pi * np.arange(10) / 10
+    np.testing.assert_allclose(masses, 1.0 * (1 + 0.3 * np.sin(phases)))
+    np.testing.assert_allclose(lengths, 1.0 * (1 + 0.3 * np.cos(phases)))
+    # the whole cycle: both ends of the mass and length ranges are visited
+    assert (
+        max(masses) > 1.28 and min(masses) < 0.72 and max(lengths) == pytest.approx(1.3) and min(lengths) == pytest.approx(0.7)
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--steps", "0"], "--steps must be a whole number >= 1, got 0"),
+        (["--eval-points", "0"], "--eval-points must be a whole number >= 1, got 0"),
+        (["--eval-episodes", "-2"], "--eval-episodes must be a whole number >= 1, got -2"),
+        (["--algos", "r2vpo[varience_target=0.02]"], "R2VPO has no argument 'varience_target'"),
+        (["--algos", "r2vpo[variance_target=0.02"], "malformed variant"),
+        (["--algos", "r2vpo[variance_target]"], "is not key=value"),
+        (["--algos", "r2vpo[variance_target=-0.5]"], "variance_target"),
+        (["--algos", "nope"], "unknown algorithm 'nope'"),
+        (["--steps", "256", "--eval-points", "64"], "ask for at most 32"),
+    ],
+)
+def test_bad_run_arguments_are_one_line_errors_before_anything_is_written(tmp_path, capsys, arguments, message):
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--envs", "CartPole-v1", "--algos", "r2vpo", "--seeds", "0", "--out", str(out), *arguments])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_budget_rounds_up_once_to_whole_rollouts_and_evaluates_as_asked(tmp_path, capsys):
+    # CartPole's entry collects 8 envs × 32 steps = 256 per rollout: 5000 steps train 5120.
+    run_one(RunSpec("r2vpo", "CartPole-v1", 0, 5000, 4, 1), tmp_path)
+    assert "5000 steps rounded up to 5120 (20 whole rollouts of 256)" in capsys.readouterr().out
+    (run,) = load_runs(tmp_path)
+    assert run["env_steps"] == 5120
+    assert list(run["curve"][:, 0]) == [0, 1280, 2560, 3840, 5120]  # the untrained policy, then 4 as asked
+    assert run["final_return"] == pytest.approx(run["curve"][-3:, 2].mean())
+
+
+def test_variants_run_side_by_side_and_the_report_names_them(tmp_path):
+    out = tmp_path / "results"
+    variants = ["r2vpo[variance_target=0.02,dual_update=linear]", "r2vpo[ dual_update=linear , variance_target=0.020 ]"]
+    args = ["--envs", "CartPole-v1", "Pendulum-v1", "--algos", "r2vpo", *variants, "r2vpo[variance_target=0.1]"]
+    main(["run", *args, "--seeds", "0", "--steps", "4096", "--eval-points", "1", "--eval-episodes", "1", "--out", str(out)])
+    folders = sorted(path.name for path in (out / "runs" / "Pendulum-v1").iterdir())
+    # the two spellings of one variant are one run, stored under its canonical name
+    assert folders == ["r2vpo", "r2vpo[dual_update=linear,variance_target=0.02]", "r2vpo[variance_target=0.1]"]
+    runs = {(run["env_id"], run["algo"]): run for run in load_runs(out)}
+    assert len(runs) == 6
+    linear = runs[("Pendulum-v1", "r2vpo[dual_update=linear,variance_target=0.02]")]
+    assert linear["overrides"] == {"dual_update": "linear", "variance_target": 0.02}
+    assert "variant: dual_update=linear, variance_target=0.02" in linear["entry"]
+    assert "overrides" in runs[("CartPole-v1", "r2vpo")] and not runs[("CartPole-v1", "r2vpo")]["overrides"]
+
+    main(["report", "--out", str(out), "--report-dir", str(tmp_path / "report"), "--reps", "50"])
+    report = (tmp_path / "report" / "REPORT.md").read_text()
+    for name in ("r2vpo[dual_update=linear,variance_target=0.02]", "r2vpo[variance_target=0.1]"):
+        assert f"| {name} |" in report
