@@ -4,6 +4,10 @@ learning-curve plot.
 
     python -m sb3_r2vpo.train                       # CartPole-v1, 100k steps, into runs/
     python -m sb3_r2vpo.train --env Pendulum-v1 --steps 50000 --seed 3 --out runs/pendulum
+
+Everything that can be checked (the env id, the entry, the model's arguments, the env's optional dependencies)
+is checked before the output folder is created: an error is one line and leaves nothing written. Training uses
+one PyTorch thread unless ``--torch-threads`` says otherwise.
 """
 
 from __future__ import annotations
@@ -12,16 +16,22 @@ import argparse
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import matplotlib
 import numpy as np
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_r2vpo.cli import EXTRAS_HINT, add_torch_threads_argument, check_env_ids, set_torch_threads
 from sb3_r2vpo.presets import get_preset
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+class SetupError(ValueError):
+    """The run cannot start; the message is one line, and nothing was written."""
 
 
 def plot_learning_curve(evaluations_file: Path, output: Path, title: str) -> None:
@@ -43,12 +53,25 @@ def plot_learning_curve(evaluations_file: Path, output: Path, title: str) -> Non
 
 
 def run(env_id: str, steps: int | None, seed: int, out: Path, eval_points: int, eval_episodes: int, progress: bool) -> dict:
-    """Train, evaluate and save; returns the summary that is also written to ``summary.json``."""
+    """
+    Train, evaluate and save; returns the summary that is also written to ``summary.json``.
+
+    :raises SetupError: (one line) an unknown env id, no or a bad entry for it, an argument R2VPO refuses, or an
+        env whose optional dependency is missing; raised before ``out`` is created, so nothing is written
+    """
+    try:
+        check_env_ids([env_id])
+        preset = get_preset(env_id)
+        budget = preset.n_timesteps if steps is None else steps
+        model = preset.make_model(seed=seed)
+        eval_env = preset.make_env(seed=seed + 10_000, training=False)
+    except gym.error.DependencyNotInstalled as error:
+        raise SetupError(f"{env_id}: {error}; {EXTRAS_HINT}") from None
+    except KeyError as error:  # no entry: its message is the first argument (str() would quote it)
+        raise SetupError(error.args[0]) from None
+    except (ValueError, TypeError, gym.error.Error) as error:
+        raise SetupError(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)
-    preset = get_preset(env_id)
-    budget = preset.n_timesteps if steps is None else steps
-    model = preset.make_model(seed=seed)
-    eval_env = preset.make_env(seed=seed + 10_000, training=False)
     # EvalCallback counts calls, one per vectorised step of all n_envs.
     eval_freq = max(budget // (eval_points * preset.n_envs), 1)
     callback = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=eval_freq, log_path=str(out), verbose=0)
@@ -84,11 +107,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-points", type=int, default=20, help="evaluations along training")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_torch_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    for name in ("steps", "eval_points", "eval_episodes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     out = args.out if args.out is not None else Path("runs") / f"{args.env}-seed{args.seed}"
-    summary = run(args.env, args.steps, args.seed, out, args.eval_points, args.eval_episodes, not args.no_progress)
+    try:
+        set_torch_threads(args.torch_threads)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        summary = run(args.env, args.steps, args.seed, out, args.eval_points, args.eval_episodes, not args.no_progress)
+    except SetupError as error:
+        raise SystemExit(f"r2vpo-train: error: {error}") from None
     print(
         f"R2VPO on {summary['env_id']}: {summary['final_mean_return']:.1f} ± {summary['final_std_return']:.1f} "
         f"after {summary['timesteps']} steps (λ = {summary['lagrange_multiplier']:.3g})\n"

@@ -15,6 +15,7 @@ import sys
 import optuna
 from optuna.trial import TrialState
 
+from sb3_r2vpo.cli import add_torch_threads_argument
 from sb3_r2vpo.tuning import DEFAULT_STORAGE, PRUNERS, SAMPLERS, TuningError, optimize
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat-interval", type=int, default=30, help="seconds; 0 disables failure detection")
     parser.add_argument("--grace-period", type=int, default=90, help="seconds without heartbeat before a trial fails")
     parser.add_argument("--no-progress", action="store_true")
+    add_torch_threads_argument(parser)
     args = parser.parse_args(argv)
     try:
         study = optimize(
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             show_progress=not args.no_progress,
             heartbeat_interval=args.heartbeat_interval or None,
             grace_period=args.grace_period,
+            torch_threads=args.torch_threads,
         )
     except TuningError as error:
         raise SystemExit(f"r2vpo-tune: error: {error}") from None

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from stable_baselines3.common.callbacks import EvalCallback
 
+from sb3_r2vpo.cli import resolve_torch_threads, set_torch_threads
 from sb3_r2vpo.presets import Preset, check_env_id, get_preset, load_hyperparams
 from sb3_r2vpo.r2vpo import NonFiniteTrainingError
 from sb3_r2vpo.search_space import convert_r2vpo_params, sample_r2vpo_params
@@ -195,6 +197,7 @@ def optimize(
     heartbeat_interval: int | None = 30,
     grace_period: int | None = 90,
     fixed_params: dict[str, Any] | None = None,
+    torch_threads: int | None = None,
 ) -> optuna.Study:
     """
     Tune R2VPO on one task; returns the study. Safe to call from several processes at once.
@@ -215,6 +218,9 @@ def optimize(
     :param heartbeat_interval: See :func:`make_storage`
     :param grace_period: See :func:`make_storage`
     :param fixed_params: R2VPO arguments pinned for every trial (they override sampled values)
+    :param torch_threads: PyTorch CPU threads while the trials train (restored afterwards): ``None`` for 1 (the
+        fastest for small policies, and workers sharing a machine do not fight) unless ``OMP_NUM_THREADS`` is
+        set; 0 for PyTorch's default
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise TuningError(f"`n_trials` must be an int >= 1, got {n_trials!r}")
@@ -224,6 +230,10 @@ def optimize(
         raise TuningError(f"`sampler` must be one of {tuple(SAMPLERS)}, got {sampler!r}")
     if pruner not in PRUNERS:
         raise TuningError(f"`pruner` must be one of {tuple(PRUNERS)}, got {pruner!r}")
+    try:
+        resolve_torch_threads(torch_threads)
+    except ValueError as error:
+        raise TuningError(str(error)) from None
     preset = base_preset(env_id)
     rdb = make_storage(storage, heartbeat_interval, grace_period)
     study = optuna.create_study(
@@ -236,13 +246,18 @@ def optimize(
     )
     remaining = n_trials - _count(study, FINISHED)
     if remaining > 0:
-        study.optimize(
-            make_objective(preset, n_trials, n_timesteps, n_evaluations, n_eval_episodes, seed, fixed_params),
-            n_trials=remaining,
-            catch=(_SurplusTrial,),
-            callbacks=[MaxTrialsCallback(n_trials, states=(*FINISHED, TrialState.RUNNING))],
-            show_progress_bar=show_progress,
-        )
+        previous_threads = torch.get_num_threads()
+        set_torch_threads(torch_threads)
+        try:
+            study.optimize(
+                make_objective(preset, n_trials, n_timesteps, n_evaluations, n_eval_episodes, seed, fixed_params),
+                n_trials=remaining,
+                catch=(_SurplusTrial,),
+                callbacks=[MaxTrialsCallback(n_trials, states=(*FINISHED, TrialState.RUNNING))],
+                show_progress_bar=show_progress,
+            )
+        finally:
+            torch.set_num_threads(previous_threads)
     if output is not None and _count(study, (TrialState.COMPLETE,)) > 0:
         write_best_entry(study, preset, n_timesteps, output, fixed_params)
     return study

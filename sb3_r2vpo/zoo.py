@@ -6,7 +6,9 @@ RL Zoo launcher: registers R2VPO with rl_zoo3, then hands over to rl_zoo3's own 
     python -m sb3_r2vpo.zoo train --algo ppo --env CartPole-v1 -f logs      # the zoo's own algorithms too
 
 (also installed as the ``r2vpo-zoo`` console script). Every rl_zoo3 flag works unchanged. With ``--algo r2vpo``
-and no ``-conf``, the hyperparameters come from the packaged ``r2vpo.yml``.
+and no ``-conf``, the hyperparameters come from the packaged ``r2vpo.yml``. ``train`` and ``enjoy`` use one
+PyTorch thread unless ``--num-threads`` (rl_zoo3's flag; -1: PyTorch's default) or ``OMP_NUM_THREADS`` says
+otherwise.
 
 rl_zoo3 2.9 has no plugin hook; this follows its SBX guide: add the algorithm to ``rl_zoo3.ALGOS`` (and the
 Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments. rl_zoo3 turns only its own
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -163,6 +166,20 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _default_torch_threads(argv: list[str]) -> list[str]:
+    """
+    One PyTorch thread unless the command says otherwise (rl_zoo3's ``--num-threads N``; -1: PyTorch's default)
+    or ``OMP_NUM_THREADS`` is set: rl_zoo3 keeps PyTorch's default (a thread per core), which makes small
+    policies several times slower on a busy machine (see :func:`sb3_r2vpo.cli.set_torch_threads`).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--num-threads", default=None)
+    known, _ = parser.parse_known_args(argv)
+    if known.num_threads is not None or os.environ.get("OMP_NUM_THREADS"):
+        return argv
+    return [*argv, "--num-threads", "1"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m sb3_r2vpo.zoo`` and ``r2vpo-zoo``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -187,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         "plot_from_file": cli.plot_from_file,
         "all_plots": cli.all_plots,
     }
+    if script in ("train", "enjoy"):
+        rest = _default_torch_threads(rest)
     sys.argv = [f"r2vpo-zoo {script}", *rest]
     scripts[script]()
 
