@@ -1,6 +1,8 @@
 """
 Tune R2VPO with Optuna (no RL Zoo needed). Run the same command in several terminals or on several
-machines (with a shared ``--storage``) to add workers to one study.
+machines (with a shared ``--storage``) to add workers to one study. Running it again resumes the study (it says
+so); a study is only resumed with the settings its trials were run with (env, --n-timesteps, --n-evaluations,
+--n-eval-episodes): anything else is refused, so give another search its own --study-name.
 
     python -m sb3_r2vpo.tune --env Pendulum-v1 --n-trials 20 --n-timesteps 50000 --output best.yml
     python -m sb3_r2vpo.tune --env Pendulum-v1 --n-trials 100 --storage postgresql://optuna@db-host/optuna \\

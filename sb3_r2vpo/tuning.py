@@ -154,6 +154,7 @@ def make_objective(
             trial.study.stop()
             raise _SurplusTrial
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("n_timesteps", n_timesteps)
         # At least four rollouts per trial, whatever n_steps the sampler picks.
         max_n_steps_pow = int(math.log2(max(n_timesteps // (4 * preset.n_envs), 1)))
         sampled = sample_r2vpo_params(trial, n_envs=preset.n_envs, additional_args={"max_n_steps_pow": max_n_steps_pow})
@@ -236,15 +237,26 @@ def optimize(
         raise TuningError(str(error)) from None
     preset = base_preset(env_id)
     rdb = make_storage(storage, heartbeat_interval, grace_period)
+    name = study_name or f"r2vpo-{env_id}"
+    resumed = name in optuna.get_all_study_names(storage=rdb)
     study = optuna.create_study(
         storage=rdb,
-        study_name=study_name or f"r2vpo-{env_id}",
+        study_name=name,
         direction="maximize",
         sampler=SAMPLERS[sampler](seed, n_startup_trials),
         pruner=PRUNERS[pruner](n_startup_trials, n_evaluations),
         load_if_exists=True,
     )
+    budget = study_budget(env_id, n_timesteps, n_evaluations, n_eval_episodes, fixed_params)
+    check_study_budget(study, budget, storage or DEFAULT_STORAGE)
     remaining = n_trials - _count(study, FINISHED)
+    if resumed:
+        done = _count(study, FINISHED)
+        print(
+            f"resuming study {name!r} ({storage or DEFAULT_STORAGE}): {done} of {n_trials} trials finished; "
+            + (f"{remaining} to go" if remaining > 0 else "nothing to train (raise n_trials to add trials)"),
+            flush=True,
+        )
     if remaining > 0:
         previous_threads = torch.get_num_threads()
         set_torch_threads(torch_threads)
@@ -259,8 +271,64 @@ def optimize(
         finally:
             torch.set_num_threads(previous_threads)
     if output is not None and _count(study, (TrialState.COMPLETE,)) > 0:
-        write_best_entry(study, preset, n_timesteps, output, fixed_params)
+        write_best_entry(study, preset, output, fixed_params)
     return study
+
+
+# Study user attribute holding what its trials were run with (written by the worker that created it).
+BUDGET_ATTR = "r2vpo_budget"
+
+
+def study_budget(
+    env_id: str, n_timesteps: int, n_evaluations: int, n_eval_episodes: int, fixed_params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What makes the trials of one study comparable: the task, the budget, the evaluations, the pinned values."""
+    return {
+        "env_id": env_id,
+        "n_timesteps": int(n_timesteps),
+        "n_evaluations": int(n_evaluations),
+        "n_eval_episodes": int(n_eval_episodes),
+        "fixed_params": repr(sorted((fixed_params or {}).items())),
+    }
+
+
+def check_study_budget(study: optuna.Study, budget: dict[str, Any], storage: str) -> None:
+    """
+    Record ``budget`` on a study that has none; refuse to add trials to a study made with another one.
+
+    :raises TuningError: naming what differs and how to start a separate study
+    """
+    recorded = study.user_attrs.get(BUDGET_ATTR)
+    if recorded is None:
+        # A new study (or one made before budgets were recorded: its trials count as of unrecorded budget).
+        study.set_user_attr(BUDGET_ATTR, budget)
+        recorded = study.user_attrs.get(BUDGET_ATTR)  # another worker may have recorded its own a moment earlier
+    if recorded != budget:
+        differs = "; ".join(
+            f"{key}: the study's {recorded.get(key)!r}, this call's {value!r}"
+            for key, value in budget.items()
+            if recorded.get(key) != value
+        )
+        raise TuningError(
+            f"study {study.study_name!r} in {storage} was run with another budget ({differs}); its trials would not "
+            "compare with new ones. Give this search its own study (--study-name / `study_name`) or storage "
+            "(--storage / `storage`), or repeat the study's own settings to resume it"
+        )
+
+
+def _budget_summary(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """'3 Optuna trials of 3000 steps each', or each budget's count when they differ (true for old studies too)."""
+    counts: dict[Any, int] = {}
+    for trial in trials:
+        steps = trial.user_attrs.get("n_timesteps")
+        counts[steps] = counts.get(steps, 0) + 1
+    if len(counts) == 1 and None not in counts:
+        return f"{len(trials)} Optuna trials of {next(iter(counts))} steps each"
+    parts = [
+        f"{count} of {'unrecorded budget' if steps is None else f'{steps} steps'}"
+        for steps, count in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or 0))
+    ]
+    return f"{len(trials)} Optuna trials ({', '.join(parts)})"
 
 
 def best_entry(study: optuna.Study, preset: Preset, fixed_params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -289,14 +357,22 @@ def zoo_expression(value: Any) -> str:
 
 
 def write_best_entry(
-    study: optuna.Study, preset: Preset, n_timesteps: int, output: str | Path, fixed_params: dict[str, Any] | None = None
+    study: optuna.Study, preset: Preset, output: str | Path, fixed_params: dict[str, Any] | None = None
 ) -> Path:
-    """Write the best trial as a commented ``r2vpo.yml`` entry that :func:`sb3_r2vpo.presets.get_preset` can load."""
+    """
+    Write the best trial as a commented ``r2vpo.yml`` entry that :func:`sb3_r2vpo.presets.get_preset` can load.
+    The header counts the finished trials by the budget each one was really run with.
+    """
     entry = best_entry(study, preset, fixed_params)
-    finished = _count(study, FINISHED)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    pruned = sum(trial.state == TrialState.PRUNED for trial in finished)
+    best = study.best_trial
+    best_steps = best.user_attrs.get("n_timesteps")
     header = (
-        f"# Tuned with {finished} Optuna trials (study {study.study_name!r}) of {n_timesteps} steps each;\n"
-        f"# best trial #{study.best_trial.number}: mean return {study.best_value:.2f}.\n"
+        f"# Tuned with {_budget_summary(finished)}, {len(finished) - pruned} complete and {pruned} pruned early "
+        f"(study {study.study_name!r});\n"
+        f"# best trial #{best.number} ({'unrecorded budget' if best_steps is None else f'{best_steps} steps'}): "
+        f"mean return {study.best_value:.2f}.\n"
     )
     path = Path(output)
     path.write_text(header + yaml.safe_dump({preset.env_id: entry}, sort_keys=False))

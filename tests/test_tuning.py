@@ -75,9 +75,16 @@ def test_api_study_writes_loadable_best_entry(tmp_path):
     assert model.variance_target(1.0) == pytest.approx(study.best_trial.params["variance_target"])
     assert model.n_steps == 64  # the pinned value, not the sampled one
     model.learn(256)
-    # A second call on the same storage finds the study full and runs nothing more.
+    # A second call on the same storage (same settings) finds the study full and runs nothing more.
     again = optimize(
-        "CartPole-v1", 3, storage=f"sqlite:///{tmp_path}/s.db", n_timesteps=512, show_progress=False, fixed_params=FAST
+        "CartPole-v1",
+        3,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        n_timesteps=512,
+        n_evaluations=2,
+        n_eval_episodes=2,
+        show_progress=False,
+        fixed_params=FAST,
     )
     assert len(again.trials) == 3
 
@@ -220,3 +227,107 @@ def test_diverging_trials_fail_and_the_study_goes_on(tmp_path):
         del gym.envs.registry["NanRewardCartPole-v0"]
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("consecutive gradient steps" in t.user_attrs["failure"] for t in study.trials)
+
+
+def test_resumed_study_is_announced_and_another_budget_refused(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/resume.db"
+    common = dict(storage=url, n_evaluations=2, n_eval_episodes=2, seed=0, show_progress=False, fixed_params=FAST)
+    optimize("CartPole-v1", 2, n_timesteps=256, **common)
+    assert "resuming" not in capsys.readouterr().out
+    # The same command again: it says so, and that there is nothing to train.
+    optimize("CartPole-v1", 2, n_timesteps=256, **common)
+    assert f"resuming study 'r2vpo-CartPole-v1' ({url}): 2 of 2 trials finished; nothing to train" in capsys.readouterr().out
+    # Another budget: refused before anything trains, naming what differs and how to start another study.
+    with pytest.raises(
+        TuningError, match=r"run with another budget \(n_timesteps: the study's 256, this call's 512\).*--study-name"
+    ):
+        optimize("CartPole-v1", 3, n_timesteps=512, **common)
+    with pytest.raises(TuningError, match=r"n_eval_episodes: the study's 2, this call's 3"):
+        optimize("CartPole-v1", 3, n_timesteps=256, **{**common, "n_eval_episodes": 3})
+    assert len(optuna.load_study(study_name="r2vpo-CartPole-v1", storage=url).trials) == 2
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sb3_r2vpo.tune",
+            "--env",
+            "CartPole-v1",
+            "--n-trials",
+            "3",
+            "--n-timesteps",
+            "512",
+            "--storage",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.startswith("r2vpo-tune: error: study 'r2vpo-CartPole-v1' in sqlite:") and "--study-name" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    # Its own study name is fine, and a resumed study with the same settings goes on where it stopped.
+    optimize("CartPole-v1", 1, n_timesteps=512, study_name="longer", **common)
+    optimize("CartPole-v1", 3, n_timesteps=256, **common)
+    assert "2 of 3 trials finished; 1 to go" in capsys.readouterr().out
+    study = optuna.load_study(study_name="r2vpo-CartPole-v1", storage=url)
+    assert [t.user_attrs["n_timesteps"] for t in study.get_trials(states=FINISHED)] == [256, 256, 256]
+
+
+def test_header_counts_trials_by_their_real_budgets(tmp_path):
+    from sb3_r2vpo.tuning import write_best_entry
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    study = optimize(
+        "CartPole-v1",
+        1,
+        storage=url,
+        n_timesteps=256,
+        n_evaluations=2,
+        n_eval_episodes=2,
+        seed=0,
+        show_progress=False,
+        fixed_params=FAST,
+    )
+    (first,) = study.trials
+    # A study as the old code left it: trials of other budgets (3000 steps), and one with none recorded.
+    for value, attrs, state in (
+        (first.value + 1, {"n_timesteps": 3000}, TrialState.COMPLETE),
+        (None, {"n_timesteps": 3000}, TrialState.PRUNED),
+        (first.value - 1, {}, TrialState.COMPLETE),
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=first.params, distributions=first.distributions, value=value, user_attrs=attrs, state=state
+            )
+        )
+    output = write_best_entry(study, get_preset("CartPole-v1"), tmp_path / "best.yml", FAST)
+    header = output.read_text().splitlines()[:2]
+    assert header[0] == (
+        "# Tuned with 4 Optuna trials (1 of 256 steps, 2 of 3000 steps, 1 of unrecorded budget), 3 complete and "
+        "1 pruned early (study 'r2vpo-CartPole-v1');"
+    )
+    assert header[1].startswith("# best trial #1 (3000 steps): mean return ")
+    # One budget: the short form.
+    fresh = optimize(
+        "CartPole-v1",
+        2,
+        storage=url,
+        study_name="fresh",
+        n_timesteps=256,
+        n_evaluations=2,
+        n_eval_episodes=2,
+        seed=0,
+        show_progress=False,
+        fixed_params=FAST,
+        output=tmp_path / "fresh.yml",
+    )
+    pruned = len(fresh.get_trials(states=(TrialState.PRUNED,)))
+    assert (
+        (tmp_path / "fresh.yml")
+        .read_text()
+        .startswith(
+            f"# Tuned with 2 Optuna trials of 256 steps each, {2 - pruned} complete and {pruned} pruned early (study 'fresh');"
+        )
+    )
