@@ -2,15 +2,29 @@
 
 import copy
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import IdentityEnv, SimpleMultiObsEnv
+from stable_baselines3.common.envs import (
+    FakeImageEnv,
+    IdentityEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_r2vpo import R2VPO
-from sb3_r2vpo.r2vpo.replay import compute_gae, compute_vtrace, rollout_nbytes
+from sb3_r2vpo.r2vpo.replay import build_replay_batch, compute_gae, compute_vtrace, rollout_nbytes
+from tests.conftest import attach
+from tests.envs import DictMultiBinaryEnv, Float64ActionEnv, RecordingWrapper, TruncatingEnv
+
+th.set_num_threads(1)
 
 SMALL = dict(n_steps=64, batch_size=32, n_epochs=2)
 
@@ -181,3 +195,232 @@ def test_memory_formula():
     env = make_vec_env("CartPole-v1", n_envs=4)
     # float32 obs (4 x 4 bytes) + int64 action (8) + 3 float32 = 36 bytes per sample; plus the last obs.
     assert rollout_nbytes(env.observation_space, env.action_space, 128, 4) == 128 * 4 * 36 + 4 * (16 + 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 14: every space with replay, stale time-limit bootstraps, VecNormalize, target_kl, load overrides.
+
+
+def _space_cases():
+    return {
+        "box": (lambda: IdentityEnvBox(eps=0.5), "MlpPolicy", {}),
+        "box_float64": (Float64ActionEnv, "MlpPolicy", {}),
+        "discrete": (lambda: IdentityEnv(3), "MlpPolicy", {}),
+        "multidiscrete": (lambda: IdentityEnvMultiDiscrete(3), "MlpPolicy", {}),
+        "multibinary": (lambda: IdentityEnvMultiBinary(5), "MlpPolicy", {}),
+        "dict_obs": (lambda: SimpleMultiObsEnv(random_start=False), "MultiInputPolicy", {}),
+        "dict_obs_multibinary": (DictMultiBinaryEnv, "MultiInputPolicy", {}),
+        "image": (
+            lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1),
+            "CnnPolicy",
+            dict(policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16))),
+        ),
+        "image_box": (
+            lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=False),
+            "CnnPolicy",
+            dict(policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16))),
+        ),
+        "gsde": (lambda: gym.make("Pendulum-v1"), "MlpPolicy", dict(use_sde=True, sde_sample_freq=4)),
+    }
+
+
+def _batch(model: R2VPO):
+    """The replay batch the next update would train on (the buffer holds the last rollout, not flattened)."""
+    return build_replay_batch(
+        model.policy,
+        model.rollout_buffer,
+        model.replay,
+        model._rollout_index,
+        model.gamma,
+        model.gae_lambda,
+        model.replay_advantage,
+        model.action_space,
+        model._replay_vec_normalize(),
+    )[0]
+
+
+def _rows(batch, age: int, key: str):
+    mask = batch.ages == age
+    value = getattr(batch, key)
+    return {k: v[mask] for k, v in value.items()} if isinstance(value, dict) else value[mask]
+
+
+@pytest.mark.parametrize("case", list(_space_cases()))
+def test_every_space_trains_with_replay_and_keeps_behaviour_log_probs(case):
+    make_env, policy, extra = _space_cases()[case]
+    model = R2VPO(policy, make_vec_env(make_env, n_envs=2, seed=0), seed=0, replay_rollouts=2, **SMALL, **extra)
+    snapshots = PolicySnapshots()
+    model.learn(64 * 2 * 4, callback=snapshots)  # 4 updates, the last 3 with stale rollouts
+    assert model.logger.name_to_value["train/replay_fraction"] == pytest.approx(2 / 3)
+    assert model.logger.name_to_value["train/gradient_steps"] > 0
+
+    batch = _batch(model)
+    behaviour = type(model.policy)(**model.policy._get_constructor_parameters())
+    behaviour.set_training_mode(False)
+    for rollout in model.replay.rollouts:
+        age = model._rollout_index - rollout.index
+        observations, actions = _rows(batch, age, "observations"), _rows(batch, age, "actions")
+        assert actions.dtype == th.float32  # cast on the way out, as SB3's buffer does
+        if isinstance(model.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        behaviour.load_state_dict(snapshots.snapshots[rollout.index])
+        with th.no_grad():
+            _, at_collection, _ = behaviour.evaluate_actions(observations, actions)
+            _, now, _ = model.policy.evaluate_actions(observations, actions)
+        th.testing.assert_close(_rows(batch, age, "old_log_prob"), at_collection.flatten(), rtol=1e-5, atol=1e-5)
+        assert not th.allclose(at_collection, now, atol=1e-5), "the policy moved since; the check is not vacuous"
+
+
+class CriticSnapshots(PolicySnapshots):
+    """The rollouts' raw buffers too (rewards with SB3's bootstrap of their time), by rollout index."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffers = {}
+
+    def _on_rollout_end(self) -> None:
+        super()._on_rollout_end()
+        self.buffers[self.model._rollout_index] = copy.deepcopy(self.model.rollout_buffer)
+
+
+def _reference_returns(model, observations, actions_rewards, starts, last_obs, last_dones, truncations, terminal_obs):
+    """λ-returns of one stored rollout, ``(n_steps, n_envs)``, under the current critic, computed here."""
+    n_steps, n_envs = starts.shape
+    with th.no_grad():
+        values = model.policy.predict_values(th.as_tensor(observations.reshape(n_steps * n_envs, -1))).numpy()
+        values = values.reshape(n_steps, n_envs)
+        last_values = model.policy.predict_values(th.as_tensor(last_obs)).numpy().flatten()
+        rewards = actions_rewards.copy()
+        for (t, env), obs in zip(truncations, terminal_obs, strict=True):
+            terminal_value = model.policy.predict_values(th.as_tensor(obs[None])).item()
+            rewards[t, env] += model.gamma * terminal_value
+    advantages = _reference_gae(rewards, values, starts, last_values, last_dones, model.gamma, model.gae_lambda)
+    return advantages + values
+
+
+def test_stale_time_limit_bootstraps_use_the_current_critic():
+    horizon, n_envs = 5, 2
+    model = R2VPO(
+        "MlpPolicy",
+        make_vec_env(lambda: TruncatingEnv(horizon), n_envs=n_envs, seed=0),
+        seed=0,
+        replay_rollouts=2,
+        n_steps=8,
+        batch_size=8,
+        n_epochs=4,
+        learning_rate=3e-3,
+    )
+    snapshots = CriticSnapshots()
+    model.learn(8 * n_envs * 5, callback=snapshots)
+    batch = _batch(model)
+    behaviour = type(model.policy)(**model.policy._get_constructor_parameters())
+    for rollout in model.replay.rollouts:
+        age = model._rollout_index - rollout.index
+        n_steps = rollout.shape[0]
+        observations = rollout.observations.numpy()
+        actions = rollout.actions.numpy().reshape(n_steps, n_envs)
+        starts = rollout.episode_starts.numpy()
+        # The env's structure, independently of the replay: t / horizon, reward 1 + action, a truncation where the
+        # next observation is a reset one, its terminal observation [1.0].
+        next_obs = np.concatenate([observations[1:, :, 0], rollout.last_obs.numpy()[None, :, 0]])
+        ends = np.argwhere(next_obs == 0.0)
+        assert len(ends) > 0
+        truncations = [tuple(end) for end in ends]
+        terminal_obs = [np.ones(1, dtype=np.float32)] * len(truncations)
+        expected = _reference_returns(
+            model,
+            observations,
+            1.0 + actions.astype(np.float32),
+            starts,
+            rollout.last_obs.numpy(),
+            rollout.last_dones.numpy(),
+            truncations,
+            terminal_obs,
+        )
+        returns = _rows(batch, age, "returns").numpy().reshape(n_envs, n_steps).T  # env-major rows
+        np.testing.assert_allclose(returns, expected, rtol=1e-5, atol=1e-5)
+
+        # Not vacuous: the critic that collected the rollout valued the terminal observation differently, and
+        # that value is what the buffer's rewards carried.
+        behaviour.load_state_dict(snapshots.snapshots[rollout.index])
+        with th.no_grad():
+            then = behaviour.predict_values(th.ones(1, 1)).item()
+            now = model.policy.predict_values(th.ones(1, 1)).item()
+        assert abs(now - then) > 1e-2
+        buffered = snapshots.buffers[rollout.index].rewards
+        t, env = truncations[0]
+        assert buffered[t, env] == pytest.approx(1.0 + actions[t, env] + model.gamma * then, abs=1e-4)
+
+
+def test_vec_normalize_stale_rollouts_are_normalised_with_current_statistics():
+    wrappers = []
+
+    def make_env():
+        wrappers.append(RecordingWrapper(gym.make("Pendulum-v1")))
+        return wrappers[-1]
+
+    env = VecNormalize(make_vec_env(make_env, n_envs=1, seed=0), gamma=0.99)
+    model = R2VPO("MlpPolicy", env, seed=0, replay_rollouts=2, n_steps=64, batch_size=32, n_epochs=2)
+    snapshots = CriticSnapshots()
+    model.learn(64 * 5, callback=snapshots)  # Pendulum truncates at step 200, inside rollout 3
+    (recorded,) = wrappers
+    batch = _batch(model)
+    for rollout in model.replay.rollouts:
+        age = model._rollout_index - rollout.index
+        steps = range(rollout.index * 64, (rollout.index + 1) * 64)
+        raw_obs = np.stack([recorded.acted_on[step] for step in steps])[:, None]  # (n_steps, 1, 3)
+        expected_obs = env.normalize_obs(raw_obs)
+        np.testing.assert_allclose(_rows(batch, age, "observations").numpy(), expected_obs[:, 0], rtol=1e-5, atol=1e-5)
+        # Not vacuous: the statistics moved since the rollout was collected.
+        seen = snapshots.buffers[rollout.index].observations
+        assert np.abs(seen - expected_obs).mean() > 1e-2
+
+        truncations = [(step - steps.start, 0) for step in recorded.truncated_at if step in steps]
+        terminal_obs = [env.normalize_obs(recorded.truncated_at[steps.start + t]) for t, _ in truncations]
+        raw_rewards = np.array([recorded.rewards[step] for step in steps], dtype=np.float32)[:, None]
+        last_step = steps.stop
+        last_raw = recorded.acted_on[last_step] if last_step < len(recorded.acted_on) else recorded._current
+        last_obs = env.normalize_obs(last_raw[None])
+        expected = _reference_returns(
+            model,
+            expected_obs,
+            env.normalize_reward(raw_rewards),
+            rollout.episode_starts.numpy(),
+            last_obs,
+            rollout.last_dones.numpy(),
+            truncations,
+            terminal_obs,
+        )
+        np.testing.assert_allclose(_rows(batch, age, "returns").numpy(), expected[:, 0], rtol=1e-4, atol=1e-4)
+    assert any(rollout.terminal_index.numel() for rollout in model.replay.rollouts), "a truncation was replayed"
+
+
+class KLTrace(R2VPO):
+    """Every KL that target_kl was compared with, per update, and the KL to the samples' own behaviour policy."""
+
+    def train(self) -> None:
+        self.kls.append([])
+        self.behaviour_kls.append([])
+        super().train()
+
+    def _approx_kl(self, ratio, log_prob, start_log_prob):
+        kl = super()._approx_kl(ratio, log_prob, start_log_prob)
+        self.kls[-1].append(float(kl))
+        self.behaviour_kls[-1].append(float(th.mean((ratio - 1) - th.log(ratio))))
+        return kl
+
+
+def test_target_kl_with_replay_measures_this_update(recorder):
+    target_kl = 2e-4
+    model = KLTrace("MlpPolicy", "CartPole-v1", seed=0, replay_rollouts=2, target_kl=target_kl, learning_rate=1e-3, **SMALL)
+    model.kls, model.behaviour_kls = [], []
+    attach(model, recorder)
+    model.learn(64 * 8)
+    # Before the first gradient step of an update the policy has not moved: that KL is 0 (up to rounding) ...
+    assert all(kls[0] < 1e-9 for kls in model.kls)
+    # ... so every update takes a step (and fits the critic), however stale the replayed samples are.
+    assert all(steps > 0 for steps in recorder.series("train/gradient_steps"))
+    # Not vacuous: measured against each sample's own behaviour policy, some updates would have stopped at once.
+    assert any(kls[0] > 1.5 * target_kl for kls in model.behaviour_kls)
+    # The update stops once this update's KL passes 1.5 × target_kl.
+    assert any(len(kls) < 2 * (64 * 3 // 32) for kls in model.kls[2:])

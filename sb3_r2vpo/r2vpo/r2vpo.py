@@ -7,10 +7,12 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
 from sb3_r2vpo.r2vpo.objective import (
@@ -30,6 +32,8 @@ from sb3_r2vpo.r2vpo.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_r2vpo.r2vpo.replay import (
     REPLAY_ADVANTAGES,
     ReplayBatch,
+    RolloutRecorder,
+    RolloutRecording,
     RolloutReplay,
     available_memory_bytes,
     build_replay_batch,
@@ -185,11 +189,14 @@ class R2VPO(OnPolicyAlgorithm):
         sample's ratio is taken against the policy that collected it. Costs K rollouts of memory on ``device``
         (see the README) and K + 1 times the gradient steps per update.
     :param replay_advantage: How stale rollouts get fresh advantages and value targets under the current critic:
-        ``"gae"`` (recomputed GAE) or ``"vtrace"`` (V-trace targets, ρ̄ = c̄ = 1)
+        ``"gae"`` (recomputed GAE) or ``"vtrace"`` (V-trace targets, ρ̄ = c̄ = 1). Their time-limit bootstraps
+        ``γ·V(terminal obs)`` are recomputed under the current critic too, and under ``VecNormalize`` their
+        original observations and rewards are normalised with the current statistics.
     :param save_replay: Whether ``save()`` writes the stored rollouts into the model file (default: no; a
         loaded model then starts with an empty replay)
-    :param clip_range_vf: Clipping parameter for the value function (no policy-ratio clipping exists),
-        it can be a function of the current progress remaining. ``None`` (default) disables it.
+    :param clip_range_vf: Clipping parameter for the value function (no policy-ratio clipping exists: PPO's
+        ``clip_range`` is refused, ``variance_target`` plays its role). It can be a function of the current
+        progress remaining, > 0 at the start and ≥ 0 at the end (``lin_0.2``). ``None`` (default) disables it.
     :param normalize_advantage: Whether to normalize the advantage per minibatch
     :param ent_coef: Entropy coefficient for the loss calculation
     :param vf_coef: Value function coefficient for the loss calculation
@@ -199,7 +206,9 @@ class R2VPO(OnPolicyAlgorithm):
     :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically selected.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: Stop the epoch loop early when the approximate KL exceeds ``1.5 * target_kl``
-        (``None``: no limit)
+        (``None``: no limit). The KL is the policy's change during this update; with replay it is measured
+        against the policy at the start of the update (not against each stale sample's older behaviour policy),
+        so the first gradient step of an update is never stopped.
     :param variance_stop: κ ≥ 1, the ratio-variance counterpart of ``target_kl``: the epoch loop stops (as
         ``target_kl`` stops it: before that minibatch's gradient step, and no later epoch runs) when a
         minibatch's ratio variance exceeds ``κ · δ``. ``None`` (default): no such stop. With replay the
@@ -368,6 +377,8 @@ class R2VPO(OnPolicyAlgorithm):
         # Model state, saved with the model; set in _setup_model unless load() restored it.
         self.lagrange_multiplier: float | None = None
         self.replay: RolloutReplay | None = None
+        # What the last collect_rollouts recorded for the replay (not saved).
+        self._recording: RolloutRecording | None = None
         self._rollout_index = 0
         # Skipped (non-finite) gradient steps in a row, across updates; finite and skipped gradient steps, ever.
         self._consecutive_nonfinite = 0
@@ -493,7 +504,7 @@ class R2VPO(OnPolicyAlgorithm):
             )
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = super()._excluded_save_params()
+        excluded = [*super()._excluded_save_params(), "_recording"]
         return excluded if self.save_replay else [*excluded, "replay"]
 
     def _default_initial_multiplier(self) -> float:
@@ -577,6 +588,32 @@ class R2VPO(OnPolicyAlgorithm):
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions
 
+    def _replay_vec_normalize(self) -> VecNormalize | None:
+        """
+        The ``VecNormalize`` whose original observations and rewards the replay stores and normalises when it
+        replays them: the env's, when the observations it normalises are the agent's (no wrapper above it
+        changes their space, e.g. a frame stack); otherwise ``None`` (what the agent saw is stored).
+        """
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is None or vec_normalize.observation_space != self.observation_space:
+            return None
+        return vec_normalize
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """
+        SB3's ``collect_rollouts``; with replay, it also records what a stored rollout needs to be refreshed
+        later (see :class:`~sb3_r2vpo.r2vpo.replay.RolloutRecorder`).
+        """
+        if self.replay is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        recorder = RolloutRecorder(callback, env.num_envs, self._replay_vec_normalize())
+        self._recording = None
+        collected = super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps)  # type: ignore[arg-type]
+        self._recording = recorder.recording if collected else None
+        return collected
+
     def train(self) -> None:
         """
         Update policy and λ using the currently gathered rollout buffer.
@@ -604,7 +641,15 @@ class R2VPO(OnPolicyAlgorithm):
         age_variances: list[tuple[float, float]] = []
         if self.replay is not None:
             # Copy the current rollout before get() could flatten the buffer; it joins the replay after the update.
-            pending = self.replay.snapshot(self.rollout_buffer, self._last_obs, self._last_episode_starts, self._rollout_index)
+            recording, self._recording = self._recording, None
+            pending = self.replay.snapshot(
+                self.rollout_buffer,
+                self._last_obs,
+                self._last_episode_starts,
+                self._rollout_index,
+                recording,
+                self.observation_space,
+            )
             replay_batch, replay_stats = build_replay_batch(
                 self.policy,
                 self.rollout_buffer,
@@ -614,11 +659,12 @@ class R2VPO(OnPolicyAlgorithm):
                 self.gae_lambda,
                 self.replay_advantage,
                 self.action_space,
+                self._replay_vec_normalize(),
             )
 
         for epoch in range(self.n_epochs):
             epoch_variances: list[float] = []
-            for rollout_data, ages in self._minibatches(replay_batch):
+            for rollout_data, ages, start_log_prob in self._minibatches(replay_batch):
                 actions = self._policy_actions(rollout_data.actions)
 
                 values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
@@ -647,8 +693,7 @@ class R2VPO(OnPolicyAlgorithm):
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
                 with th.no_grad():
-                    # Schulman's low-variance KL estimator, on the guarded ratio so it stays finite.
-                    approx_kl = th.mean((ratio - 1) - th.log(ratio))
+                    approx_kl = self._approx_kl(ratio, log_prob, start_log_prob)
                     stats = th.stack(
                         [
                             variance.detach(),
@@ -747,10 +792,25 @@ class R2VPO(OnPolicyAlgorithm):
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
+    def _approx_kl(self, ratio: th.Tensor, log_prob: th.Tensor, start_log_prob: th.Tensor | None) -> th.Tensor:
+        """
+        How far this update has moved the policy on a minibatch, the KL that ``target_kl`` bounds (Schulman's
+        low-variance estimator, on guarded log-ratios so it stays finite). On the on-policy path the ratio to μ is
+        that change (μ is the policy at the start of the update); with replay it is measured against the policy
+        at the start of the update, since a stale sample's own μ is older: 0 before the first gradient step.
+        """
+        if start_log_prob is None:
+            return th.mean((ratio - 1) - th.log(ratio))
+        log_change = th.clamp(log_prob - start_log_prob, -self.log_ratio_guard, self.log_ratio_guard)
+        return th.mean(th.expm1(log_change) - log_change)
+
     def _minibatches(self, replay_batch: ReplayBatch | None):
-        """Minibatches of one epoch, with each sample's age (``None`` on the on-policy path, which is SB3's)."""
+        """
+        Minibatches of one epoch, with each sample's age and its log-probability under the policy at the start of
+        the update (both ``None`` on the on-policy path, which is SB3's).
+        """
         if replay_batch is None:
-            return ((samples, None) for samples in self.rollout_buffer.get(self.batch_size))
+            return ((samples, None, None) for samples in self.rollout_buffer.get(self.batch_size))
         return replay_batch.minibatches(self.batch_size)
 
     def _fresh_and_stale_variance(self, ratio: th.Tensor, ages: th.Tensor) -> tuple[float, float]:

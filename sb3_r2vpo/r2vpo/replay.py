@@ -1,11 +1,18 @@
 """
 Replay of stale rollouts: the K most recent previous rollouts, kept with each sample's behaviour
 log-probability so that its ratio is always taken against the policy that collected it.
+
+Everything derived from the critic or from running statistics is recomputed when a rollout is replayed: a
+stored rollout keeps the environment's own rewards (without SB3's time-limit bootstrap ``γ·V(terminal obs)``,
+which the critic of its time folded into the buffer's rewards) and the terminal observations of its truncated
+steps, and, under ``VecNormalize``, the original observations and rewards, normalised with the current
+statistics when the rollout is replayed (as SB3's off-policy replay buffers do).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, RolloutBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
 
 REPLAY_ADVANTAGES = ("gae", "vtrace")
 
@@ -30,6 +38,33 @@ def _map_obs(obs: Observations, fn) -> Observations:
     return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
 
 
+def _copy_obs(obs: np.ndarray | dict) -> np.ndarray | dict:
+    if isinstance(obs, dict):
+        return {key: np.array(value, copy=True) for key, value in obs.items()}
+    return np.array(obs, copy=True)
+
+
+def _stack_obs(observations: list) -> np.ndarray | dict:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def _as_space_dtype(obs: np.ndarray | dict, space: spaces.Space) -> np.ndarray | dict:
+    """Observations in the dtypes the rollout buffer would store them in (the observation space's)."""
+    if isinstance(space, spaces.Dict):
+        return {key: np.asarray(value, dtype=space[key].dtype) for key, value in obs.items()}
+    return np.asarray(obs, dtype=space.dtype)
+
+
+def float_actions(actions: th.Tensor) -> th.Tensor:
+    """
+    Actions as the policy takes them: stored in their native dtype (int8 for MultiBinary, int64 for Discrete,
+    uint8, float64, ...), cast to float32 on the way out, as SB3's ``RolloutBuffer._get_samples`` does.
+    """
+    return actions.to(th.float32)
+
+
 @dataclass
 class StoredRollout:
     """
@@ -37,6 +72,15 @@ class StoredRollout:
 
     ``last_obs`` and ``last_dones`` are what the rollout's own return bootstrap needed: the observation after
     its last step and whether that step ended an episode.
+
+    ``rewards`` are the environment's, without the time-limit bootstrap; ``terminal_index`` (flat positions
+    ``step * n_envs + env`` in the ``(n_steps, n_envs)`` layout) and ``terminal_obs`` are the truncated steps
+    and their terminal observations, whose ``γ·V(terminal obs)`` is added under the current critic when the
+    rollout is replayed. ``terminal_index`` is ``None`` for a rollout stored by an older version (or collected
+    outside :meth:`R2VPO.collect_rollouts`), whose rewards carry the bootstrap of their time.
+
+    ``original``: observations (``observations``, ``last_obs``, ``terminal_obs``) and ``rewards`` are the
+    environment's originals, to be normalised with the current ``VecNormalize`` statistics when replayed.
     """
 
     index: int
@@ -47,6 +91,10 @@ class StoredRollout:
     behaviour_log_probs: th.Tensor
     last_obs: Observations
     last_dones: th.Tensor
+    # Defaults: rollouts unpickled from files of older versions lack these (the class attribute answers).
+    terminal_index: th.Tensor | None = None
+    terminal_obs: Observations | None = None
+    original: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,6 +111,9 @@ class StoredRollout:
             move(self.behaviour_log_probs),
             _map_obs(self.last_obs, move),
             move(self.last_dones),
+            None if self.terminal_index is None else move(self.terminal_index),
+            None if self.terminal_obs is None else _map_obs(self.terminal_obs, move),
+            self.original,
         )
 
 
@@ -168,6 +219,89 @@ def compute_vtrace(
     return advantages, targets
 
 
+class RolloutRecording:
+    """
+    What one rollout's collection gave that the rollout buffer does not keep: the environment's rewards before
+    SB3 folds the time-limit bootstrap into them, the terminal observations of truncated steps, and (under
+    ``VecNormalize``) the original observations. Filled by :class:`RolloutRecorder`.
+    """
+
+    def __init__(self, n_envs: int, vec_normalize: VecNormalize | None) -> None:
+        self.n_envs = n_envs
+        self.vec_normalize = vec_normalize
+        self.rewards: list[np.ndarray] = []
+        self.observations: list[np.ndarray | dict] = []  # originals, under VecNormalize only
+        self.terminal_index: list[int] = []
+        self.terminal_obs: list[np.ndarray | dict] = []
+        self.last_obs: np.ndarray | dict | None = None  # original, under VecNormalize only
+
+    @property
+    def original(self) -> bool:
+        return self.vec_normalize is not None
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+class RolloutRecorder:
+    """
+    Stands in for the callback of :meth:`OnPolicyAlgorithm.collect_rollouts` (every call is passed on to it) and
+    records, at each step, what :class:`RolloutRecording` holds. ``on_step`` runs after ``env.step`` and before
+    SB3 adds the time-limit bootstrap to the rewards, so the rewards it sees are the environment's.
+
+    :param callback: The callback ``collect_rollouts`` was given
+    :param n_envs: Number of environments
+    :param vec_normalize: The ``VecNormalize`` whose original observations and rewards are kept (``None``: the
+        observations the agent saw and the rewards it got are kept)
+    """
+
+    def __init__(self, callback, n_envs: int, vec_normalize: VecNormalize | None) -> None:
+        self.callback = callback
+        self.recording = RolloutRecording(n_envs, vec_normalize)
+        self._locals: dict = {}
+        self._current_original: np.ndarray | dict | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.callback, name)
+
+    def on_rollout_start(self) -> None:
+        vec_normalize = self.recording.vec_normalize
+        if vec_normalize is not None:
+            # The original of the observation the rollout starts from (set by the last reset or step).
+            self._current_original = _copy_obs(vec_normalize.get_original_obs())
+        self.callback.on_rollout_start()
+
+    def update_locals(self, locals_: dict) -> None:
+        self._locals = locals_
+        self.callback.update_locals(locals_)
+
+    def on_step(self) -> bool:
+        recording, vec_normalize = self.recording, self.recording.vec_normalize
+        step = len(recording)
+        dones, infos = self._locals["dones"], self._locals["infos"]
+        rewards = self._locals["rewards"] if vec_normalize is None else vec_normalize.get_original_reward()
+        recording.rewards.append(np.array(rewards, dtype=np.float32, copy=True))
+        # The same test as SB3's bootstrap in collect_rollouts.
+        for env_index, done in enumerate(dones):
+            info = infos[env_index]
+            if done and info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                terminal = info["terminal_observation"]
+                if vec_normalize is not None:
+                    # VecNormalize normalised it in place with the statistics it still has; this inverts that
+                    # (exactly, up to float rounding, unless the normalised value was clipped at ±clip_obs).
+                    terminal = vec_normalize.unnormalize_obs(terminal)
+                recording.terminal_index.append(step * recording.n_envs + env_index)
+                recording.terminal_obs.append(_copy_obs(terminal))
+        if vec_normalize is not None:
+            recording.observations.append(self._current_original)
+            self._current_original = _copy_obs(vec_normalize.get_original_obs())
+            recording.last_obs = self._current_original
+        return self.callback.on_step()
+
+    def on_rollout_end(self) -> None:
+        self.callback.on_rollout_end()
+
+
 class RolloutReplay:
     """
     The K most recent previous rollouts (oldest evicted first), on the model's device.
@@ -189,8 +323,20 @@ class RolloutReplay:
         self.rollouts = deque((rollout.to(device) for rollout in self.rollouts), maxlen=self.capacity)
         return self
 
+    def resize(self, capacity: int) -> RolloutReplay:
+        """Keep at most ``capacity`` rollouts from now on; beyond it, the newest ones are kept."""
+        self.capacity = capacity
+        self.rollouts = deque(self.rollouts, maxlen=capacity)
+        return self
+
     def snapshot(
-        self, buffer: RolloutBuffer, last_obs: np.ndarray | dict, last_dones: np.ndarray, index: int
+        self,
+        buffer: RolloutBuffer,
+        last_obs: np.ndarray | dict,
+        last_dones: np.ndarray,
+        index: int,
+        recording: RolloutRecording | None = None,
+        observation_space: spaces.Space | None = None,
     ) -> StoredRollout:
         """
         Copy the rollout ``buffer`` holds, with its behaviour log-probabilities, before ``get()`` flattens it.
@@ -198,24 +344,49 @@ class RolloutReplay:
         :param last_obs: The observation after the rollout's last step (``model._last_obs``)
         :param last_dones: Whether that last step ended an episode (``model._last_episode_starts``)
         :param index: The rollout's number, from which ages are counted
+        :param recording: What the collection recorded (rewards before the time-limit bootstrap, terminal
+            observations, original observations); without it (or when it does not match the buffer) the
+            buffer's rewards are kept, with the bootstrap of their time, and a warning says so
+        :param observation_space: The dtypes in which original observations are stored
         """
         if buffer.generator_ready:
             raise RuntimeError("RolloutReplay.snapshot() needs the rollout buffer before get() flattened it")
         copy = lambda array: _to_tensor(np.array(array, copy=True), self.device)  # noqa: E731
-        if isinstance(buffer, DictRolloutBuffer):
-            observations = {key: copy(value) for key, value in buffer.observations.items()}
-            last = {key: copy(value) for key, value in last_obs.items()}
+        if recording is not None and len(recording) != buffer.buffer_size:
+            recording = None
+        if recording is None:
+            warnings.warn(
+                "This rollout was not collected by R2VPO.collect_rollouts: replay keeps its rewards with the "
+                "time-limit bootstraps of the critic that collected it.",
+                stacklevel=3,
+            )
+        original = recording is not None and recording.original
+        if original:
+            observations = _map_obs(_as_space_dtype(_stack_obs(recording.observations), observation_space), copy)
+            last = _map_obs(_as_space_dtype(recording.last_obs, observation_space), copy)
         else:
-            observations, last = copy(buffer.observations), copy(last_obs)
+            observations = _map_obs(buffer.observations, copy)
+            last = _map_obs(last_obs, copy)
+        terminal_index, terminal_obs = None, None
+        if recording is not None:
+            terminal_index = th.as_tensor(recording.terminal_index, dtype=th.long, device=self.device)
+            if recording.terminal_obs:
+                stacked = _stack_obs(recording.terminal_obs)
+                if observation_space is not None:
+                    stacked = _as_space_dtype(stacked, observation_space)
+                terminal_obs = _map_obs(stacked, copy)
         return StoredRollout(
             index=index,
             observations=observations,
             actions=copy(buffer.actions),
-            rewards=copy(buffer.rewards),
+            rewards=copy(np.stack(recording.rewards) if recording is not None else buffer.rewards),
             episode_starts=copy(buffer.episode_starts),
             behaviour_log_probs=copy(buffer.log_probs),
             last_obs=last,
             last_dones=copy(np.asarray(last_dones, dtype=np.float32)),
+            terminal_index=terminal_index,
+            terminal_obs=terminal_obs,
+            original=original,
         )
 
     def append(self, rollout: StoredRollout) -> None:
@@ -225,7 +396,12 @@ class RolloutReplay:
 
 @dataclass
 class ReplayBatch:
-    """Every sample of one update (fresh and stale), flattened, with each sample's age in rollouts (0 = fresh)."""
+    """
+    Every sample of one update (fresh and stale), flattened, with each sample's age in rollouts (0 = fresh).
+
+    ``start_log_prob``: each sample's log-probability under the policy at the start of the update, against
+    which ``target_kl`` measures how far this update has moved the policy.
+    """
 
     observations: Observations
     actions: th.Tensor
@@ -234,11 +410,14 @@ class ReplayBatch:
     advantages: th.Tensor
     returns: th.Tensor
     ages: th.Tensor
+    start_log_prob: th.Tensor
 
     def __len__(self) -> int:
         return len(self.ages)
 
-    def minibatches(self, batch_size: int) -> Iterator[tuple[RolloutBufferSamples | DictRolloutBufferSamples, th.Tensor]]:
+    def minibatches(
+        self, batch_size: int
+    ) -> Iterator[tuple[RolloutBufferSamples | DictRolloutBufferSamples, th.Tensor, th.Tensor]]:
         indices = th.randperm(len(self), device=self.ages.device)
         samples_class = DictRolloutBufferSamples if isinstance(self.observations, dict) else RolloutBufferSamples
         for start in range(0, len(self), batch_size):
@@ -253,6 +432,7 @@ class ReplayBatch:
                     self.returns[idx],
                 ),
                 self.ages[idx],
+                self.start_log_prob[idx],
             )
 
 
@@ -267,6 +447,52 @@ def _actions_for_policy(actions: th.Tensor, action_space: spaces.Space) -> th.Te
     return actions
 
 
+def _normalize_obs(obs: Observations, vec_normalize: VecNormalize, device: th.device) -> Observations:
+    """Original observations normalised with ``vec_normalize``'s current statistics (``normalize_obs``)."""
+    numpy = _map_obs(obs, lambda tensor: tensor.cpu().numpy())
+    return _map_obs(vec_normalize.normalize_obs(numpy), lambda array: _to_tensor(array, device))
+
+
+def replayed_inputs(
+    rollout: StoredRollout, vec_normalize: VecNormalize | None, device: th.device
+) -> tuple[Observations, th.Tensor, Observations, Observations | None]:
+    """
+    ``(observations, rewards, last_obs, terminal_obs)`` of a stored rollout as the current model sees them:
+    original observations and rewards normalised with the current ``VecNormalize`` statistics. The rewards
+    are without time-limit bootstrap (see :func:`bootstrapped_rewards`), except in a rollout of an older version.
+    """
+    observations, rewards = rollout.observations, rollout.rewards
+    last_obs, terminal_obs = rollout.last_obs, rollout.terminal_obs
+    if rollout.original and vec_normalize is not None:
+        observations = _normalize_obs(observations, vec_normalize, device)
+        last_obs = _normalize_obs(last_obs, vec_normalize, device)
+        if terminal_obs is not None:
+            terminal_obs = _normalize_obs(terminal_obs, vec_normalize, device)
+        rewards = _to_tensor(vec_normalize.normalize_reward(rewards.cpu().numpy()), device)
+    return observations, rewards, last_obs, terminal_obs
+
+
+def bootstrapped_rewards(
+    policy: ActorCriticPolicy, rollout: StoredRollout, rewards: th.Tensor, terminal_obs: Observations | None, gamma: float
+) -> th.Tensor:
+    """``rewards`` plus ``γ·V(terminal obs)`` under the current critic at the rollout's truncated steps (as SB3)."""
+    if rollout.terminal_index is None or len(rollout.terminal_index) == 0:
+        return rewards
+    with th.no_grad():
+        terminal_values = policy.predict_values(terminal_obs).flatten()
+    rewards = rewards.clone()
+    rewards.view(-1)[rollout.terminal_index] += gamma * terminal_values
+    return rewards
+
+
+def _log_prob(
+    policy: ActorCriticPolicy, observations: Observations, actions: th.Tensor, action_space: spaces.Space
+) -> th.Tensor:
+    with th.no_grad():
+        _, log_prob, _ = policy.evaluate_actions(observations, _actions_for_policy(actions, action_space))
+    return log_prob.flatten()
+
+
 def build_replay_batch(
     policy: ActorCriticPolicy,
     buffer: RolloutBuffer,
@@ -276,22 +502,27 @@ def build_replay_batch(
     gae_lambda: float,
     advantage_mode: str,
     action_space: spaces.Space,
+    vec_normalize: VecNormalize | None = None,
 ) -> tuple[ReplayBatch, dict[str, float]]:
     """
-    The current rollout plus every stored one, stale advantages and value targets refreshed under the
-    current critic (GAE, or V-trace with ρ̄ = c̄ = 1).
+    The current rollout plus every stored one, everything derived from the critic refreshed under the current
+    critic: time-limit bootstraps, then advantages and value targets (GAE, or V-trace with ρ̄ = c̄ = 1). Stored
+    original observations and rewards are normalised with ``vec_normalize``'s current statistics.
 
     :return: The batch, and statistics of the stale samples' importance weights measured before the update
     """
     device = policy.device
+    fresh_actions = _flatten(float_actions(_to_tensor(buffer.actions, device)))
+    fresh_obs = _map_obs(buffer.observations, lambda array: _flatten(_to_tensor(array, device)))
     fresh = {
-        "observations": _map_obs(buffer.observations, lambda array: _flatten(_to_tensor(array, device))),
-        "actions": _flatten(_to_tensor(buffer.actions, device)),
+        "observations": fresh_obs,
+        "actions": fresh_actions,
         "old_values": _flatten(_to_tensor(buffer.values, device)),
         "old_log_prob": _flatten(_to_tensor(buffer.log_probs, device)),
         "advantages": _flatten(_to_tensor(buffer.advantages, device)),
         "returns": _flatten(_to_tensor(buffer.returns, device)),
         "ages": th.zeros(buffer.buffer_size * buffer.n_envs, dtype=th.long, device=device),
+        "start_log_prob": _log_prob(policy, fresh_obs, fresh_actions, action_space),
     }
     parts = [fresh]
     stats: dict[str, float] = {}
@@ -299,21 +530,23 @@ def build_replay_batch(
     for rollout in replay.rollouts:
         n_steps, n_envs = rollout.shape
         age = current_index - rollout.index
+        observations, rewards, last_obs, terminal_obs = replayed_inputs(rollout, vec_normalize, device)
+        rewards = bootstrapped_rewards(policy, rollout, rewards, terminal_obs, gamma)
+        flat_obs = _map_obs(observations, _flatten)
+        flat_actions = float_actions(_flatten(rollout.actions))
         with th.no_grad():
-            flat_obs = _map_obs(rollout.observations, _flatten)
-            flat_actions = _flatten(rollout.actions)
             values, log_prob, _ = policy.evaluate_actions(flat_obs, _actions_for_policy(flat_actions, action_space))
-            last_values = policy.predict_values(rollout.last_obs).flatten()
+            last_values = policy.predict_values(last_obs).flatten()
         # back to (n_steps, n_envs)
         values = values.flatten().reshape(n_envs, n_steps).T
         log_ratios = log_prob.reshape(n_envs, n_steps).T - rollout.behaviour_log_probs
         if advantage_mode == "vtrace":
             advantages, returns = compute_vtrace(
-                rollout.rewards, values, rollout.episode_starts, last_values, rollout.last_dones, log_ratios, gamma, gae_lambda
+                rewards, values, rollout.episode_starts, last_values, rollout.last_dones, log_ratios, gamma, gae_lambda
             )
         else:
             advantages, returns = compute_gae(
-                rollout.rewards, values, rollout.episode_starts, last_values, rollout.last_dones, gamma, gae_lambda
+                rewards, values, rollout.episode_starts, last_values, rollout.last_dones, gamma, gae_lambda
             )
         parts.append(
             {
@@ -324,6 +557,7 @@ def build_replay_batch(
                 "advantages": _flatten(advantages),
                 "returns": _flatten(returns),
                 "ages": th.full((n_steps * n_envs,), age, dtype=th.long, device=device),
+                "start_log_prob": log_prob.flatten(),
             }
         )
         stats[f"replay_abs_logratio_age{age}"] = float(log_ratios.abs().mean())
@@ -349,5 +583,6 @@ def build_replay_batch(
         advantages=cat("advantages").flatten(),
         returns=cat("returns").flatten(),
         ages=cat("ages"),
+        start_log_prob=cat("start_log_prob").flatten(),
     )
     return batch, stats
