@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 
 from sb3_r2vpo.r2vpo import R2VPO
+from sb3_r2vpo.r2vpo.r2vpo import PPO_ONLY_ARGUMENTS
 
 # Keys of a zoo entry that describe the environment or the budget rather than R2VPO's constructor.
 _ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
@@ -131,8 +132,17 @@ class Preset:
     def make_model(
         self, seed: int | None = None, env: VecEnv | None = None, algorithm: type[BaseAlgorithm] = R2VPO, **overrides: Any
     ) -> BaseAlgorithm:
-        """Build ``algorithm`` (R2VPO by default) with this entry's hyperparameters; ``overrides`` win over the file."""
+        """
+        Build ``algorithm`` (R2VPO by default) with this entry's hyperparameters; ``overrides`` win over the file.
+
+        :raises TypeError: R2VPO from an entry that sets a PPO-only key (``clip_range``): the message says which
+            R2VPO argument plays its role
+        """
         kwargs = {**copy.deepcopy(self.model_kwargs), **overrides}
+        if isinstance(algorithm, type) and issubclass(algorithm, R2VPO):
+            for name in PPO_ONLY_ARGUMENTS:
+                if name in kwargs:
+                    raise TypeError(f"the {self.env_id!r} entry sets `{name}`: {PPO_ONLY_ARGUMENTS[name]}")
         return algorithm(self.policy, self.make_env(seed) if env is None else env, seed=seed, **kwargs)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from sb3_r2vpo.presets import R2VPO_SCHEDULABLE_KEYS, check_env_id, hyperparams_path, load_hyperparams, parse_schedule
 from sb3_r2vpo.r2vpo import R2VPO
+from sb3_r2vpo.r2vpo.r2vpo import PPO_ONLY_ARGUMENTS
 
 ALGO_NAME = "r2vpo"
 SCRIPTS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
@@ -128,6 +129,8 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
         raise ZooConfigError(f"{config}: entry {name!r} must be a mapping of hyperparameters, got {type(entry).__name__}")
     allowed = constructor_arguments() | ZOO_KEYS
     for key in entry:
+        if key in PPO_ONLY_ARGUMENTS:
+            raise ZooConfigError(f"{config}: entry {name!r}: R2VPO takes no argument {key!r}: {PPO_ONLY_ARGUMENTS[key]}")
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

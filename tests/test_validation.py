@@ -1,10 +1,22 @@
 """Bad input is refused at construction with a message naming the argument and the allowed range."""
 
+import inspect
+import re
+
+import numpy as np
 import pytest
+import torch as th
+from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_r2vpo import R2VPO
+from sb3_r2vpo.presets import get_preset, parse_schedule
+from sb3_r2vpo.r2vpo.r2vpo import PPO_ONLY_ARGUMENTS
+from sb3_r2vpo.zoo import ZooConfigError, check_entry
 from tests.envs import TupleActionEnv
+
+th.set_num_threads(1)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +99,118 @@ def test_valid_edge_values_are_accepted():
         initial_lagrange_multiplier=0.5,
     )
     assert model.lagrange_multiplier == 0.5
+
+
+@pytest.mark.parametrize(
+    "clip_range_vf",
+    [parse_schedule("clip_range_vf", "lin_0.2"), LinearSchedule(0.2, 0.0, 1.0), lambda progress: 0.2 * progress],
+    ids=["lin_0.2", "LinearSchedule", "lambda"],
+)
+def test_clip_range_vf_schedules_that_decay_to_zero_are_accepted(clip_range_vf):
+    PPO("MlpPolicy", "CartPole-v1", clip_range_vf=clip_range_vf)  # what PPO accepts
+    model = R2VPO("MlpPolicy", "CartPole-v1", clip_range_vf=clip_range_vf, n_steps=64, batch_size=32, n_epochs=1)
+    assert model.clip_range_vf(1.0) == pytest.approx(0.2) and model.clip_range_vf(0.0) == 0.0
+    model.learn(64 * 2)
+    # The last update runs at progress remaining 0, where the value clip is 0 (the critic held, as in PPO).
+    assert model.logger.name_to_value["train/clip_range_vf"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("clip_range_vf", "message"),
+    [
+        (lambda progress: 0.2 * progress - 0.1, r"`clip_range_vf\(0.0\)` must be a finite number >= 0 .*, got -0.1"),
+        (lambda progress: 0.0 * progress, r"`clip_range_vf\(1.0\)` must be a finite number > 0, got 0.0"),
+        (0.0, r"`clip_range_vf` must be a finite number > 0, got 0.0"),
+    ],
+)
+def test_clip_range_vf_that_cannot_work_is_refused(clip_range_vf, message):
+    with pytest.raises(ValueError, match=message):
+        R2VPO("MlpPolicy", "CartPole-v1", clip_range_vf=clip_range_vf)
+
+
+# Every number the constructor takes, given as a numpy scalar.
+NUMPY_NUMBERS = dict(
+    learning_rate=np.float32(3e-4),
+    n_steps=np.int64(64),
+    batch_size=np.int64(32),
+    n_epochs=np.int32(2),
+    gamma=np.float32(0.99),
+    gae_lambda=np.float64(0.95),
+    variance_target=np.float32(0.04),
+    initial_lagrange_multiplier=np.float32(1.0),
+    lagrange_multiplier_min=np.float32(1e-3),
+    lagrange_multiplier_max=np.float32(1e3),
+    lagrange_multiplier_floor=np.float32(0.5),
+    dual_step_size=np.float32(0.05),
+    dual_step_clip=np.float32(1.0),
+    log_ratio_guard=np.float32(20.0),
+    replay_rollouts=np.int64(1),
+    clip_range_vf=np.float32(0.2),
+    ent_coef=np.float32(0.01),
+    vf_coef=np.float32(0.5),
+    max_grad_norm=np.float32(0.5),
+    sde_sample_freq=np.int64(-1),
+    target_kl=np.float32(0.02),
+    variance_stop=np.float32(2.0),
+    max_nonfinite_steps=np.int64(5),
+    stats_window_size=np.int64(10),
+    verbose=np.int64(0),
+    seed=np.int64(0),
+)
+
+
+def test_the_numpy_table_covers_every_number():
+    numbers = {
+        name
+        for name, parameter in inspect.signature(R2VPO.__init__).parameters.items()
+        if re.search(r"\b(int|float)\b", str(parameter.annotation))
+    }
+    assert numbers == set(NUMPY_NUMBERS)
+
+
+@pytest.mark.parametrize("name", sorted(NUMPY_NUMBERS))
+def test_numbers_given_as_numpy_scalars_are_accepted(name, tmp_path):
+    kwargs = {**dict(n_steps=64, batch_size=32, n_epochs=2), name: NUMPY_NUMBERS[name]}
+    model = R2VPO("MlpPolicy", "CartPole-v1", **kwargs).learn(64 * 2)
+    model.save(tmp_path / "model")
+    R2VPO.load(tmp_path / "model", env=make_vec_env("CartPole-v1")).learn(64, reset_num_timesteps=False)
+
+
+def test_all_numbers_as_numpy_scalars_at_once_and_a_numpy_pair():
+    kwargs = {**NUMPY_NUMBERS, "dual_step_clip": (np.float32(1.0), np.float64(10.0))}
+    model = R2VPO("MlpPolicy", "CartPole-v1", **kwargs).learn(64 * 2)
+    assert model.dual_step_clip == (1.0, 10.0)
+    assert type(model.target_kl) is float and type(model.n_steps) is int and model.replay.capacity == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(batch_size=True), dict(target_kl=True), dict(variance_target=np.bool_(True)), dict(n_epochs=np.bool_(True))],
+)
+def test_bools_are_still_refused(kwargs):
+    with pytest.raises(TypeError, match=r"must be (an int|a number)"):
+        R2VPO("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+def test_clip_range_is_refused_with_what_plays_its_role(tmp_path):
+    # clip_range is the one PPO argument R2VPO lacks.
+    ppo_only = set(inspect.signature(PPO.__init__).parameters) - set(inspect.signature(R2VPO.__init__).parameters)
+    assert ppo_only == set(PPO_ONLY_ARGUMENTS) == {"clip_range"}
+    rule = rf"ε = 0.2 → δ ≈ {0.2**2 / 3:.3f}"  # the variance of ratios spread evenly over [0.8, 1.2]
+    expected = rf"R2VPO has no policy-ratio clip; `variance_target` .* plays its role.*ε²/3.*{rule}"
+    with pytest.raises(TypeError, match=rf"R2VPO\(\) got the argument `clip_range`.*{expected}"):
+        R2VPO("MlpPolicy", "CartPole-v1", clip_range=0.2)
+
+    # A YAML entry with it: the loader reads any zoo file (PPO's too), the R2VPO model built from it refuses.
+    config = tmp_path / "mine.yml"
+    config.write_text("CartPole-v1:\n  n_envs: 1\n  clip_range: lin_0.2\n  n_steps: 64\n")
+    preset = get_preset("CartPole-v1", path=config)
+    with pytest.raises(TypeError, match=rf"the 'CartPole-v1' entry sets `clip_range`: {expected}"):
+        preset.make_model(seed=0)
+    assert preset.make_model(seed=0, algorithm=PPO).clip_range(1.0) == pytest.approx(0.2)
+
+    # The zoo launcher's check of the entry.
+    with pytest.raises(
+        ZooConfigError, match=rf"mine.yml: entry 'CartPole-v1': R2VPO takes no argument 'clip_range': {expected}"
+    ):
+        check_entry(config, "CartPole-v1")

@@ -1,3 +1,4 @@
+import functools
 import math
 import numbers
 import warnings
@@ -60,45 +61,87 @@ class NonFiniteTrainingError(RuntimeError):
     """Raised when too many consecutive R2VPO gradient steps produced a non-finite loss, variance or gradient."""
 
 
+# Arguments of SB3's PPO that R2VPO does not have, with what to use instead.
+PPO_ONLY_ARGUMENTS: dict[str, str] = {
+    "clip_range": (
+        "R2VPO has no policy-ratio clip; `variance_target` (δ, the bound on the variance of the ratio π/μ) plays its "
+        "role. To convert a clip ε: δ ≈ ε²/3, the variance of ratios spread evenly over PPO's band [1 − ε, 1 + ε] "
+        "(at most ε², all ratios at its edges), so ε = 0.2 → δ ≈ 0.013; or δ ≈ 2 × a KL target "
+        "(Var(π/μ) = χ² ≈ 2·KL). The default δ is 0.04, the sane range 0.01–0.1. `clip_range_vf`, the value "
+        "clip, is accepted."
+    ),
+}
+
+
+def ppo_argument_error(name: str, where: str = "R2VPO()") -> TypeError:
+    """The error for a PPO argument R2VPO does not take (see :data:`PPO_ONLY_ARGUMENTS`)."""
+    return TypeError(f"{where} got the argument `{name}`, which R2VPO does not take: {PPO_ONLY_ARGUMENTS[name]}")
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (SB3's schedules and model files want plain numbers)."""
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+    return value
+
+
+def _accepts_ppo_habits(init):
+    """
+    Wrap ``R2VPO.__init__``: a PPO-only argument (``clip_range``) is refused with what to use instead, and numbers
+    given as numpy scalars become Python numbers. ``inspect.signature`` still shows ``__init__``'s own.
+    """
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        for name in PPO_ONLY_ARGUMENTS:
+            if name in kwargs:
+                raise ppo_argument_error(name)
+        return init(self, *map(_plain, args), **{name: _plain(value) for name, value in kwargs.items()})
+
+    return wrapper
+
+
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
 
 
+def _is_real(value: Any) -> bool:
+    """A real number, Python's or numpy's (``np.float32(0.02)``); bools are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_positive(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise TypeError(f"`{name}` must be a number{' or None' if allow_none else ''}, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"`{name}` must be a finite number > 0, got {value}")
 
 
-def _check_positive_schedule(name: str, value: float | Schedule, allow_none: bool = False) -> None:
-    """Check a constant, or a schedule at both ends of training (progress remaining 1 and 0)."""
-    if callable(value):
-        for progress in (1.0, 0.0):
-            _check_positive(f"{name}({progress})", float(value(progress)))
-    else:
+def _check_annealed_schedule(name: str, value: float | Schedule | None, allow_none: bool = False, at_zero: str = "") -> None:
+    """
+    A constant > 0, or a schedule > 0 at the start of training (progress remaining 1) that may anneal to 0 at
+    its end (progress remaining 0), as the zoo's ``lin_<value>`` does.
+    """
+    if not callable(value):
         _check_positive(name, value, allow_none=allow_none)
+        return
+    _check_positive(f"{name}(1.0)", _plain(value(1.0)))
+    end = _plain(value(0.0))
+    if not _is_real(end):
+        raise TypeError(f"`{name}(0.0)` must be a number, got {type(end).__name__}")
+    if not (math.isfinite(end) and end >= 0):
+        raise ValueError(f"`{name}(0.0)` must be a finite number >= 0 (a schedule may anneal to 0{at_zero}), got {end}")
 
 
 def _check_variance_target(value: float | Schedule) -> None:
     """A constant > 0, or a schedule > 0 at the start of training that may anneal to 0 at its end (``lin_0.04``)."""
-    if not callable(value):
-        _check_positive("variance_target", value)
-        return
-    _check_positive("variance_target(1.0)", float(value(1.0)))
-    end = float(value(0.0))
-    if not (math.isfinite(end) and end >= 0):
-        raise ValueError(
-            f"`variance_target(0.0)` must be a finite number >= 0 (a schedule may anneal δ to 0, where it is held "
-            f"at {MIN_VARIANCE_TARGET}), got {end}"
-        )
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    _check_annealed_schedule("variance_target", value, at_zero=f", where δ is held at {MIN_VARIANCE_TARGET}")
 
 
 def _check_step_clip(value: Any) -> StepClip:
@@ -235,6 +278,7 @@ class R2VPO(OnPolicyAlgorithm):
     #: Budget of ``learn()`` when called without ``total_timesteps``.
     default_total_timesteps: ClassVar[int] = 100_000
 
+    @_accepts_ppo_habits
     def __init__(
         self,
         policy: str | type[BasePolicy],
@@ -419,7 +463,7 @@ class R2VPO(OnPolicyAlgorithm):
             ("max_nonfinite_steps", max_nonfinite_steps, 1),
             ("replay_rollouts", replay_rollouts, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
             if value < minimum:
                 raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
@@ -456,12 +500,15 @@ class R2VPO(OnPolicyAlgorithm):
         )
         _check_positive("log_ratio_guard", log_ratio_guard)
         _check_positive("target_kl", target_kl, allow_none=True)
-        _check_positive_schedule("clip_range_vf", clip_range_vf, allow_none=True)
+        # As PPO: a constant > 0; a schedule (``lin_0.2``) may decay to 0, where the value function is held.
+        _check_annealed_schedule("clip_range_vf", clip_range_vf, allow_none=True)
         _check_positive("lagrange_multiplier_max", lagrange_multiplier_max)
         if dual_update == "multiplicative":
             # λ = 0 is absorbing for a multiplicative update.
             _check_positive("lagrange_multiplier_min", lagrange_multiplier_min)
-        elif not (isinstance(lagrange_multiplier_min, (int, float)) and lagrange_multiplier_min >= 0):
+        elif not _is_real(lagrange_multiplier_min):
+            raise TypeError(f"`lagrange_multiplier_min` must be a number, got {type(lagrange_multiplier_min).__name__}")
+        elif not (math.isfinite(lagrange_multiplier_min) and lagrange_multiplier_min >= 0):
             raise ValueError(f"`lagrange_multiplier_min` must be >= 0, got {lagrange_multiplier_min}")
         if lagrange_multiplier_min >= lagrange_multiplier_max:
             raise ValueError(
