@@ -1,11 +1,15 @@
 """R2VPO behaves like an SB3 algorithm: every action space, save/load, determinism, logging, dual dynamics."""
 
+import inspect
 import math
+import warnings
+import zipfile
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
@@ -19,6 +23,8 @@ from stable_baselines3.common.envs import (
 
 from sb3_r2vpo import R2VPO
 from tests.conftest import attach
+
+th.set_num_threads(1)
 
 SMALL = dict(n_steps=64, batch_size=32, n_epochs=2)
 
@@ -261,3 +267,143 @@ def test_value_clipping_and_target_kl():
 def test_default_learn_budget_is_documented():
     assert R2VPO.default_total_timesteps == 100_000
     assert "100,000" in R2VPO.learn.__doc__
+
+
+class TaggedBuffer(RolloutBuffer):
+    def __init__(self, *args, tag: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tag = tag
+
+
+# For every constructor argument: an override for R2VPO.load() and how the loaded model shows it took effect.
+LOAD_OVERRIDES = {
+    "learning_rate": (dict(learning_rate=1e-3), lambda m: m.lr_schedule(1.0) == 1e-3),
+    "n_steps": (dict(n_steps=32), lambda m: m.n_steps == 32 and m.rollout_buffer.buffer_size == 32),
+    "batch_size": (dict(batch_size=16), lambda m: m.batch_size == 16),
+    "n_epochs": (dict(n_epochs=3), lambda m: m.n_epochs == 3),
+    "gamma": (dict(gamma=0.9), lambda m: m.gamma == 0.9 and m.rollout_buffer.gamma == 0.9),
+    "gae_lambda": (dict(gae_lambda=0.8), lambda m: m.rollout_buffer.gae_lambda == 0.8),
+    "variance_target": (dict(variance_target=0.02), lambda m: m.variance_target(1.0) == 0.02),
+    "initial_lagrange_multiplier": (dict(initial_lagrange_multiplier=0.7), lambda m: m.lagrange_multiplier == 0.7),
+    "lagrange_multiplier_min": (dict(lagrange_multiplier_min=0.01), lambda m: m.lagrange_multiplier_min == 0.01),
+    "lagrange_multiplier_max": (dict(lagrange_multiplier_max=100), lambda m: m.lagrange_multiplier_max == 100.0),
+    "lagrange_multiplier_floor": (dict(lagrange_multiplier_floor=0.5), lambda m: m.lagrange_multiplier_floor == 0.5),
+    "dual_update": (dict(dual_update="linear"), lambda m: m.dual_update == "linear"),
+    "dual_step_size": (dict(dual_step_size=0.1), lambda m: m.dual_step_size == 0.1),
+    "dual_step_clip": (dict(dual_step_clip=[1, 10]), lambda m: m.dual_step_clip == (1.0, 10.0)),
+    "dual_update_frequency": (dict(dual_update_frequency="epoch"), lambda m: m.dual_update_frequency == "epoch"),
+    "dual_variance_estimate": (
+        dict(dual_update_frequency="epoch", dual_variance_estimate="rollout"),
+        lambda m: m.dual_variance_estimate == "rollout",
+    ),
+    "variance_center": (dict(variance_center="one"), lambda m: m.variance_center == "one"),
+    "log_ratio_guard": (dict(log_ratio_guard=10), lambda m: m.log_ratio_guard == 10.0),
+    "replay_rollouts": (dict(replay_rollouts=3), lambda m: m.replay.capacity == 3),
+    "replay_advantage": (dict(replay_advantage="vtrace"), lambda m: m.replay_advantage == "vtrace"),
+    "save_replay": (dict(save_replay=True), lambda m: m.save_replay is True),
+    "clip_range_vf": (dict(clip_range_vf=0.1), lambda m: m.clip_range_vf(1.0) == 0.1),
+    "normalize_advantage": (dict(normalize_advantage=False), lambda m: m.normalize_advantage is False),
+    "ent_coef": (dict(ent_coef=0.01), lambda m: m.ent_coef == 0.01),
+    "vf_coef": (dict(vf_coef=0.25), lambda m: m.vf_coef == 0.25),
+    "max_grad_norm": (dict(max_grad_norm=1.0), lambda m: m.max_grad_norm == 1.0),
+    "use_sde": (dict(use_sde=False), lambda m: m.use_sde is False),  # the saved value; another one is refused
+    "sde_sample_freq": (dict(sde_sample_freq=8), lambda m: m.sde_sample_freq == 8),
+    "rollout_buffer_class": (dict(rollout_buffer_class=TaggedBuffer), lambda m: type(m.rollout_buffer) is TaggedBuffer),
+    "rollout_buffer_kwargs": (
+        dict(rollout_buffer_class=TaggedBuffer, rollout_buffer_kwargs=dict(tag="x")),
+        lambda m: m.rollout_buffer.tag == "x",
+    ),
+    "target_kl": (dict(target_kl=0.05), lambda m: m.target_kl == 0.05),
+    "variance_stop": (dict(variance_stop=2), lambda m: m.variance_stop == 2.0),
+    "max_nonfinite_steps": (dict(max_nonfinite_steps=3), lambda m: m.max_nonfinite_steps == 3),
+    "stats_window_size": (dict(stats_window_size=7), lambda m: m._stats_window_size == 7),
+    "tensorboard_log": (dict(tensorboard_log="tb"), lambda m: m.tensorboard_log == "tb"),
+    "policy_kwargs": (dict(policy_kwargs=dict(net_arch=[16])), lambda m: m.policy_kwargs == dict(net_arch=[16])),
+    "verbose": (dict(verbose=2), lambda m: m.verbose == 2),
+    "seed": (dict(seed=5), lambda m: m.seed == 5),
+    "policy": (dict(policy="MlpPolicy"), lambda m: m.policy_class.__name__ == "ActorCriticPolicy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOAD_OVERRIDES))
+def test_every_load_override_takes_effect(name, tmp_path):
+    # load()'s own arguments (env, device) and _init_setup_model aside, the table covers the constructor.
+    constructor = set(inspect.signature(R2VPO.__init__).parameters) - {"self", "env", "device", "_init_setup_model"}
+    assert set(LOAD_OVERRIDES) == constructor
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    model = R2VPO("MlpPolicy", env, seed=0, policy_kwargs=dict(net_arch=[16]), **SMALL).learn(64 * 2)
+    model.save(tmp_path / "model")
+    kwargs, took_effect = LOAD_OVERRIDES[name]
+    loaded = R2VPO.load(tmp_path / "model", env=env, **kwargs)
+    assert took_effect(loaded)
+    if name != "initial_lagrange_multiplier":
+        assert loaded.lagrange_multiplier == model.lagrange_multiplier  # λ is learned state, restored from the file
+    if name != "tensorboard_log":  # (tensorboard is an optional dependency)
+        loaded.learn(64, reset_num_timesteps=False)
+        assert loaded.ep_info_buffer.maxlen == kwargs.get("stats_window_size", 100)
+
+
+def test_load_refuses_overrides_the_saved_weights_cannot_take(tmp_path):
+    model = R2VPO("MlpPolicy", "CartPole-v1", seed=0, initial_lagrange_multiplier=0.5, **SMALL).learn(64 * 2)
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"`use_sde` cannot be changed by R2VPO.load\(\)"):
+        R2VPO.load(tmp_path / "model", use_sde=True)
+    with pytest.raises(ValueError, match=r"policy kwargs do not equal the stored policy kwargs"):
+        R2VPO.load(tmp_path / "model", policy_kwargs=dict(net_arch=[8]))
+    with pytest.raises(ValueError, match=r"`policy` cannot be changed by R2VPO.load\(\)"):
+        R2VPO.load(tmp_path / "model", policy="CnnPolicy")
+    with pytest.raises(TypeError, match=r"R2VPO.load\(\) got the argument `clip_range`"):
+        R2VPO.load(tmp_path / "model", clip_range=0.2)
+    # The saved initial λ is no change: λ stays the learned one; lagrange_multiplier= sets it.
+    assert R2VPO.load(tmp_path / "model", initial_lagrange_multiplier=0.5).lagrange_multiplier == model.lagrange_multiplier
+    assert R2VPO.load(tmp_path / "model", lagrange_multiplier=2.5).lagrange_multiplier == 2.5
+
+
+def _without_member(source, target, member: str) -> None:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        assert member in old.namelist()
+        for item in old.namelist():
+            if item != member:
+                new.writestr(item, old.read(item))
+
+
+def test_set_parameters_carries_the_multiplier(tmp_path):
+    source = R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL).learn(64 * 3)
+    target = R2VPO("MlpPolicy", "CartPole-v1", seed=1, **SMALL)
+    assert target.lagrange_multiplier != source.lagrange_multiplier
+    assert set(source.get_parameters()) == {"policy", "policy.optimizer", "lagrange_multiplier"}
+
+    target.set_parameters(source.get_parameters())
+    assert target.lagrange_multiplier == source.lagrange_multiplier and type(target.lagrange_multiplier) is float
+    for name, tensor in source.policy.state_dict().items():
+        assert th.equal(target.policy.state_dict()[name], tensor), name
+
+    linear = R2VPO("MlpPolicy", "CartPole-v1", dual_update="linear", lagrange_multiplier_min=0.0, **SMALL)
+    linear.lagrange_multiplier = 0.0  # reachable with the linear update
+    copied = R2VPO("MlpPolicy", "CartPole-v1", dual_update="linear", lagrange_multiplier_min=0.0, **SMALL)
+    copied.set_parameters(linear.get_parameters())
+    assert copied.lagrange_multiplier == 0.0
+
+    source.save(tmp_path / "model.zip")
+    from_file = R2VPO("MlpPolicy", "CartPole-v1", seed=2, **SMALL)
+    from_file.set_parameters(tmp_path / "model.zip")
+    assert from_file.lagrange_multiplier == source.lagrange_multiplier
+
+    # Parameters of an older version (no λ): the weights are set, λ is left as it was, with a warning.
+    older = source.get_parameters()
+    del older["lagrange_multiplier"]
+    fresh = R2VPO("MlpPolicy", "CartPole-v1", seed=3, **SMALL)
+    before = fresh.lagrange_multiplier
+    with pytest.warns(UserWarning, match=r"hold no 'lagrange_multiplier'.*λ was left at"):
+        fresh.set_parameters(older)
+    assert fresh.lagrange_multiplier == before
+    fresh.set_parameters(older, exact_match=False)  # a partial update, as asked: no warning expected
+    _without_member(tmp_path / "model.zip", tmp_path / "older.zip", "lagrange_multiplier.pth")
+    with pytest.warns(UserWarning, match=r"hold no 'lagrange_multiplier'"):
+        fresh.set_parameters(tmp_path / "older.zip")
+    assert fresh.lagrange_multiplier == before
+    # An older file still loads, λ from its saved attributes, without the warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lagrange_multiplier")
+        loaded = R2VPO.load(tmp_path / "older.zip")
+    assert loaded.lagrange_multiplier == source.lagrange_multiplier

@@ -424,3 +424,49 @@ def test_target_kl_with_replay_measures_this_update(recorder):
     assert any(kls[0] > 1.5 * target_kl for kls in model.behaviour_kls)
     # The update stops once this update's KL passes 1.5 × target_kl.
     assert any(len(kls) < 2 * (64 * 3 // 32) for kls in model.kls[2:])
+
+
+def test_load_replay_overrides_take_effect(tmp_path):
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = R2VPO("MlpPolicy", env, seed=0, replay_rollouts=2, save_replay=True, **SMALL).learn(64 * 3)
+    model.save(tmp_path / "model")
+    assert [rollout.index for rollout in model.replay.rollouts] == [1, 2]
+
+    off = R2VPO.load(tmp_path / "model", env=env, replay_rollouts=0)
+    assert off.replay_rollouts == 0 and off.replay is None
+    off.learn(64 * 2, reset_num_timesteps=False)
+    assert off.replay is None
+    record = off.logger.name_to_value  # the last update's
+    assert "train/replay_fraction" not in record and record["train/gradient_steps"] == 2 * 2  # 2 epochs of 2
+
+    wider = R2VPO.load(tmp_path / "model", env=env, replay_rollouts=np.int64(4))
+    assert wider.replay_rollouts == 4 and type(wider.replay_rollouts) is int
+    assert wider.replay.capacity == 4 and [rollout.index for rollout in wider.replay.rollouts] == [1, 2]
+    wider.learn(64 * 2, reset_num_timesteps=False)
+    assert [rollout.index for rollout in wider.replay.rollouts] == [1, 2, 3, 4]
+    assert wider.logger.name_to_value["train/replay_fraction"] == pytest.approx(3 / 4)  # 3 stored, 1 fresh
+
+    narrower = R2VPO.load(tmp_path / "model", env=env, replay_rollouts=1)
+    assert narrower.replay.capacity == 1 and [rollout.index for rollout in narrower.replay.rollouts] == [2]
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        (dict(variance_target=-0.5), ValueError, r"`variance_target` must be a finite number > 0, got -0.5"),
+        (dict(n_epochs=0), ValueError, r"`n_epochs` must be >= 1, got 0"),
+        (dict(replay_rollouts=-1), ValueError, r"`replay_rollouts` must be >= 0, got -1"),
+        (dict(replay_advantage="retrace"), ValueError, r"`replay_advantage` must be one of"),
+        # Checked with the saved arguments: the saved λ_max is 1e3.
+        (dict(lagrange_multiplier_min=2e3), ValueError, r"must be smaller than `lagrange_multiplier_max`"),
+        (dict(dual_variance_estimate="rollout"), ValueError, r"needs `dual_update_frequency`='epoch'"),
+        (dict(replay_rollouts=10**9), ValueError, r"`replay_rollouts`=1000000000 needs about"),
+        (dict(batch_size=True), TypeError, r"`batch_size` must be an int"),
+        (dict(replay_rollout=2), TypeError, r"unexpected keyword argument 'replay_rollout'; did you mean 'replay_rollouts'"),
+    ],
+)
+def test_load_refuses_what_construction_refuses(tmp_path, override, error, message):
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    R2VPO("MlpPolicy", env, seed=0, replay_rollouts=2, **SMALL).save(tmp_path / "model")
+    with pytest.raises(error, match=message):
+        R2VPO.load(tmp_path / "model", env=env, **override)

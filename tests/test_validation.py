@@ -173,7 +173,10 @@ def test_numbers_given_as_numpy_scalars_are_accepted(name, tmp_path):
     kwargs = {**dict(n_steps=64, batch_size=32, n_epochs=2), name: NUMPY_NUMBERS[name]}
     model = R2VPO("MlpPolicy", "CartPole-v1", **kwargs).learn(64 * 2)
     model.save(tmp_path / "model")
-    R2VPO.load(tmp_path / "model", env=make_vec_env("CartPole-v1")).learn(64, reset_num_timesteps=False)
+    # ... and as overrides at load.
+    loaded = R2VPO.load(tmp_path / "model", env=make_vec_env("CartPole-v1"), **{name: NUMPY_NUMBERS[name]})
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 192
 
 
 def test_all_numbers_as_numpy_scalars_at_once_and_a_numpy_pair():
@@ -200,6 +203,11 @@ def test_clip_range_is_refused_with_what_plays_its_role(tmp_path):
     expected = rf"R2VPO has no policy-ratio clip; `variance_target` .* plays its role.*ε²/3.*{rule}"
     with pytest.raises(TypeError, match=rf"R2VPO\(\) got the argument `clip_range`.*{expected}"):
         R2VPO("MlpPolicy", "CartPole-v1", clip_range=0.2)
+
+    # Loading a model with it.
+    R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32).save(tmp_path / "model")
+    with pytest.raises(TypeError, match=rf"R2VPO.load\(\) got the argument `clip_range`.*{expected}"):
+        R2VPO.load(tmp_path / "model", clip_range=0.2)
 
     # A YAML entry with it: the loader reads any zoo file (PPO's too), the R2VPO model built from it refuses.
     config = tmp_path / "mine.yml"

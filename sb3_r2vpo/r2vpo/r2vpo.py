@@ -1,7 +1,12 @@
+import difflib
 import functools
+import inspect
+import io
 import math
 import numbers
+import pathlib
 import warnings
+from collections import deque
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -11,7 +16,8 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
@@ -71,6 +77,9 @@ PPO_ONLY_ARGUMENTS: dict[str, str] = {
         "clip, is accepted."
     ),
 }
+
+# The key of λ in get_parameters() / set_parameters() (and its file in a saved model, lagrange_multiplier.pth).
+MULTIPLIER_PARAMETERS_KEY = "lagrange_multiplier"
 
 
 def ppo_argument_error(name: str, where: str = "R2VPO()") -> TypeError:
@@ -142,6 +151,16 @@ def _check_annealed_schedule(name: str, value: float | Schedule | None, allow_no
 def _check_variance_target(value: float | Schedule) -> None:
     """A constant > 0, or a schedule > 0 at the start of training that may anneal to 0 at its end (``lin_0.04``)."""
     _check_annealed_schedule("variance_target", value, at_zero=f", where δ is held at {MIN_VARIANCE_TARGET}")
+
+
+def _checked_multiplier(value: Any) -> float:
+    """λ given to ``load`` or ``set_parameters``: a finite number >= 0 (0 is reachable with the linear update)."""
+    value = float(value) if isinstance(value, th.Tensor) else _plain(value)
+    if not _is_real(value):
+        raise TypeError(f"`{MULTIPLIER_PARAMETERS_KEY}` must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{MULTIPLIER_PARAMETERS_KEY}` must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 def _check_step_clip(value: Any) -> StepClip:
@@ -372,27 +391,7 @@ class R2VPO(OnPolicyAlgorithm):
             supported_action_spaces=None,
         )
         if self.env is not None:
-            if not isinstance(self.action_space, SUPPORTED_ACTION_SPACES):
-                names = ", ".join(space.__name__ for space in SUPPORTED_ACTION_SPACES)
-                raise ValueError(f"R2VPO supports the action spaces {names}; the env has {self.action_space}")
-            buffer_size = self.env.num_envs * self.n_steps
-            if buffer_size < 2:
-                raise ValueError(
-                    f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}"
-                )
-            if batch_size > buffer_size:
-                warnings.warn(
-                    f"batch_size={batch_size} exceeds the rollout buffer (n_steps * n_envs = {buffer_size}): "
-                    f"every epoch is a single minibatch of {buffer_size} samples.",
-                    stacklevel=2,
-                )
-            elif buffer_size % batch_size > 0:
-                warnings.warn(
-                    f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
-                    f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {buffer_size % batch_size}. "
-                    "Prefer a batch_size that divides n_steps * n_envs.",
-                    stacklevel=2,
-                )
+            self._check_env_arguments(batch_size, stacklevel=4)
 
         self.batch_size = batch_size
         self.n_epochs = n_epochs
@@ -523,7 +522,33 @@ class R2VPO(OnPolicyAlgorithm):
                     f"[{lagrange_multiplier_min}, {lagrange_multiplier_max}], got {initial_lagrange_multiplier}"
                 )
 
+    def _check_env_arguments(self, batch_size: int, stacklevel: int) -> None:
+        """The checks that need the env: its action space, and the rollout size against ``batch_size``."""
+        if not isinstance(self.action_space, SUPPORTED_ACTION_SPACES):
+            names = ", ".join(space.__name__ for space in SUPPORTED_ACTION_SPACES)
+            raise ValueError(f"R2VPO supports the action spaces {names}; the env has {self.action_space}")
+        buffer_size = self.env.num_envs * self.n_steps
+        if buffer_size < 2:
+            raise ValueError(f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}")
+        if batch_size > buffer_size:
+            warnings.warn(
+                f"batch_size={batch_size} exceeds the rollout buffer (n_steps * n_envs = {buffer_size}): "
+                f"every epoch is a single minibatch of {buffer_size} samples.",
+                stacklevel=stacklevel,
+            )
+        elif buffer_size % batch_size > 0:
+            warnings.warn(
+                f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
+                f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {buffer_size % batch_size}. "
+                "Prefer a batch_size that divides n_steps * n_envs.",
+                stacklevel=stacklevel,
+            )
+
     def _setup_model(self) -> None:
+        # R2VPO.load() hands its keyword arguments over here, after SB3 restored the saved attributes.
+        overrides = self.__dict__.pop("_load_overrides", None)
+        if overrides is not None:
+            self._apply_load_overrides(overrides)
         super()._setup_model()
         self.variance_target = FloatSchedule(self.variance_target)
         # A saved (down, up) pair comes back from the model file as a list.
@@ -533,11 +558,74 @@ class R2VPO(OnPolicyAlgorithm):
         if self.lagrange_multiplier is None:
             self.lagrange_multiplier = self._default_initial_multiplier()
         if self.replay_rollouts > 0:
-            # A loaded model keeps the replay it was saved with (save_replay=True), on the new device.
+            # A loaded model keeps the replay it was saved with (save_replay=True), on the new device, with the
+            # capacity asked for now: beyond it, the newest rollouts are kept.
             if self.replay is None:
                 self.replay = RolloutReplay(self.replay_rollouts, self.device)
             else:
-                self.replay.to(self.device)
+                self.replay.resize(self.replay_rollouts).to(self.device)
+        else:
+            self.replay = None
+
+    def _apply_load_overrides(self, overrides: dict[str, Any]) -> None:
+        """
+        The keyword arguments of :meth:`load`, over the saved attributes: each one takes effect, or is refused
+        with a message; the merged arguments are then checked as at construction.
+        """
+        parameters = _constructor_parameters()
+        for name, value in overrides.items():
+            value = _plain(value)
+            if name in PPO_ONLY_ARGUMENTS:
+                raise ppo_argument_error(name, "R2VPO.load()")
+            if name == "policy_kwargs":
+                if value != self.policy_kwargs:
+                    raise ValueError(
+                        "The specified policy kwargs do not equal the stored policy kwargs. "
+                        f"Stored kwargs: {self.policy_kwargs}, specified kwargs: {value}"
+                    )
+            elif name == "policy":
+                policy_class = self._get_policy_from_name(value) if isinstance(value, str) else value
+                if policy_class is not self.policy_class:
+                    raise ValueError(
+                        f"`policy` cannot be changed by R2VPO.load(): the saved weights are a {self.policy_class.__name__}'s, "
+                        f"got {value!r}"
+                    )
+            elif name == "use_sde":
+                if bool(value) != bool(self.use_sde):
+                    raise ValueError(
+                        f"`use_sde` cannot be changed by R2VPO.load(): it changes the policy's parameters (the model was "
+                        f"saved with use_sde={self.use_sde}); train a new model instead"
+                    )
+            elif name == "_init_setup_model":
+                raise TypeError("R2VPO.load() takes no `_init_setup_model`")
+            elif name == "stats_window_size":
+                self._stats_window_size = value
+                # The saved episode statistics are kept, in windows of the new size.
+                for buffer in ("ep_info_buffer", "ep_success_buffer"):
+                    if getattr(self, buffer, None) is not None:
+                        setattr(self, buffer, deque(getattr(self, buffer), maxlen=value))
+            elif name == "initial_lagrange_multiplier":
+                # λ is learned state, restored from the file; a new initial value restarts it there.
+                if value != self.initial_lagrange_multiplier:
+                    self._multiplier_override = "initial"
+                self.initial_lagrange_multiplier = value
+            elif name == MULTIPLIER_PARAMETERS_KEY:
+                self._multiplier_override = _checked_multiplier(value)
+            elif name in parameters or name in self.__dict__:
+                setattr(self, name, value)
+            else:
+                close = difflib.get_close_matches(name, sorted(parameters), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"R2VPO.load() got an unexpected keyword argument {name!r}{hint}")
+        self._validate_arguments(**{name: getattr(self, name) for name in _VALIDATED_ARGUMENTS})
+        for name, convert in _STORED_AS.items():
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else convert(value))
+        if self.env is not None:
+            self._check_env_arguments(self.batch_size, stacklevel=6)
+            if self.replay_rollouts > 0:
+                self._check_replay_memory()
+        self._loading = True
 
     def _check_replay_memory(self) -> None:
         per_rollout = rollout_nbytes(self.observation_space, self.action_space, self.n_steps, self.n_envs)
@@ -553,6 +641,79 @@ class R2VPO(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         excluded = [*super()._excluded_save_params(), "_recording"]
         return excluded if self.save_replay else [*excluded, "replay"]
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfR2VPO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs,
+    ) -> SelfR2VPO:
+        """
+        Load a model; see :meth:`stable_baselines3.common.base_class.BaseAlgorithm.load`.
+
+        Every keyword argument takes effect or is refused: any constructor argument (``replay_rollouts=0`` stops
+        the replay, a larger K keeps the stored rollouts, ``n_steps`` rebuilds the rollout buffer, ...), checked
+        with the saved ones as at construction; ``policy``, ``policy_kwargs`` and ``use_sde`` only with their
+        saved values (they fix the saved weights' shapes). λ is restored from the file; an
+        ``initial_lagrange_multiplier`` other than the saved one restarts it there, and ``lagrange_multiplier=``
+        sets it. A saved attribute that is not a constructor argument may be set as in SB3; any other name is a
+        ``TypeError``.
+        """
+        model = super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            _load_overrides=kwargs,
+        )
+        model.__dict__.pop("_loading", None)
+        override = model.__dict__.pop("_multiplier_override", None)
+        if override == "initial":
+            model.lagrange_multiplier = model._default_initial_multiplier()
+        elif override is not None:
+            model.lagrange_multiplier = override
+        return model
+
+    def get_parameters(self) -> dict[str, dict]:
+        """
+        The parameters of the agent (see SB3's ``get_parameters``), with λ as ``"lagrange_multiplier"``: a tiny
+        state dict ``{"value": tensor}``. λ is learned state, like SAC's entropy coefficient.
+        """
+        params = super().get_parameters()
+        params[MULTIPLIER_PARAMETERS_KEY] = {"value": th.tensor(self.lagrange_multiplier, dtype=th.float64)}
+        return params
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | TensorDict,
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        Load parameters from a saved model or from :meth:`get_parameters`, λ included. Parameters without λ (a
+        file of an older version) leave λ as it is, with a warning when ``exact_match`` is set.
+        """
+        if isinstance(load_path_or_dict, dict):
+            params = dict(load_path_or_dict)
+        else:
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        multiplier = params.pop(MULTIPLIER_PARAMETERS_KEY, None)
+        super().set_parameters(params, exact_match=exact_match, device=device)
+        if multiplier is not None:
+            self.lagrange_multiplier = _checked_multiplier(multiplier["value"])
+        elif exact_match and not self.__dict__.get("_loading", False):
+            warnings.warn(
+                f"These parameters hold no {MULTIPLIER_PARAMETERS_KEY!r} (saved by an older version?): the weights were "
+                f"set, λ was left at {self.lagrange_multiplier}",
+                stacklevel=2,
+            )
 
     def _default_initial_multiplier(self) -> float:
         if self.initial_lagrange_multiplier is not None:
@@ -956,3 +1117,25 @@ class R2VPO(OnPolicyAlgorithm):
                 "gradient was NaN/inf, so the weights and the Lagrange multiplier were never changed. " + _NONFINITE_ADVICE
             )
         return self
+
+
+@functools.cache
+def _constructor_parameters() -> frozenset[str]:
+    """The names R2VPO's constructor takes."""
+    return frozenset(name for name in inspect.signature(R2VPO.__init__).parameters if name != "self")
+
+
+_VALIDATED_ARGUMENTS = tuple(inspect.signature(R2VPO._validate_arguments).parameters)
+
+# How the constructor stores these arguments (load() stores its overrides the same way).
+_STORED_AS = {
+    "initial_lagrange_multiplier": float,
+    "lagrange_multiplier_min": float,
+    "lagrange_multiplier_max": float,
+    "lagrange_multiplier_floor": float,
+    "dual_step_size": float,
+    "log_ratio_guard": float,
+    "variance_stop": float,
+    "replay_rollouts": int,
+    "save_replay": bool,
+}
