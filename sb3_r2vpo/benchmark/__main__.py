@@ -1,10 +1,12 @@
 """
 python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos ...] [--seeds ...] [--steps N]
-                                  [--jobs J] [--out benchmarks/results]
+                                  [--jobs J | --ray ADDRESS] [--checkpoint-every N] [--out benchmarks/results]
 python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks]
 python -m sb3_r2vpo.benchmark overhead [--envs CartPole-v1 Pendulum-v1] [--repeats 7] [--out FILE.json]
 
-`run` skips finished runs and restarts killed ones, so the same command resumes. Algorithms: r2vpo,
+`run` skips finished runs and resumes killed ones from their last checkpoint (taken every --checkpoint-every
+evaluations; one without a checkpoint starts again), so the same command resumes. With --ray, each run is a task
+on an existing Ray cluster (one CPU each); the results land in --out as with local processes. Algorithms: r2vpo,
 r2vpo-matched, ppo, ppo-matched, trpo, spo, r2vpo-k<K> (R2VPO with replay_rollouts=K), r2vpo@FILE (R2VPO with
 the task's entry of another hyperparameter file, e.g. the best.yml of `python -m sb3_r2vpo.tune --output`),
 and variants of any of them:
@@ -45,7 +47,24 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--steps", type=int, default=None, help="override every task's budget")
     run.add_argument("--eval-points", type=int, default=20)
     run.add_argument("--eval-episodes", type=int, default=10)
-    run.add_argument("--jobs", type=int, default=2)
+    run.add_argument("--jobs", type=int, default=2, help="local processes at a time (not with --ray)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        help="checkpoint each run after every N evaluations, to resume it there if it is killed (0: never)",
+    )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run each run as a task on the Ray cluster at ADDRESS ('auto': the one this machine belongs to); "
+        "--out must be on storage every node sees for a retried run to resume from its checkpoint "
+        '(pip install "sb3-r2vpo[ray]")',
+    )
+    run.add_argument(
+        "--ray-retries", type=_non_negative, default=3, help="times Ray retries a run whose worker or node is lost"
+    )
     run.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     report = commands.add_parser("report", help="aggregate finished runs into REPORT.md and plots")
     report.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -83,12 +102,13 @@ def main(argv: list[str] | None = None) -> None:
                     budgets.get(env_id, 100_000) if args.steps is None else args.steps,
                     args.eval_points,
                     args.eval_episodes,
+                    args.checkpoint_every,
                 )
                 for seed in args.seeds
                 for env_id in envs
                 for algo in algos
             ]
-            failures = run_all(specs, args.out, args.jobs)
+            failures = run_all(specs, args.out, args.jobs, ray_address=args.ray, ray_retries=args.ray_retries)
         except ValueError as error:
             parser.exit(2, f"{parser.prog}: error: {error}\n")  # one line: nothing was trained or written
         if failures:
@@ -110,6 +130,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
     return value
 
 

@@ -1,25 +1,28 @@
 """
-Runs: one (algorithm, task, seed) per process, periodic deterministic evaluation on separate env instances,
-learning curves as CSV. A run is finished when its ``result.json`` exists; anything else in its folder is
-left over from a killed run and is discarded when the run starts again.
+Runs: one (algorithm, task, seed) per process (or per Ray task, see :func:`run_all`), periodic deterministic
+evaluation on separate env instances, learning curves as CSV. A run is finished when its ``result.json`` exists.
+While it trains, a run checkpoints itself every few evaluations (:func:`save_checkpoint`); a run killed before it
+finished resumes from its last complete checkpoint, and one without any is discarded and started again.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 CURVE_FIELDS = ("env_steps", "train_seconds", "eval_return_mean", "eval_return_std")
 # Protocol v2: evaluations between rollouts, exact counts; final = mean of the last FINAL_POINTS evaluations.
@@ -27,6 +30,15 @@ PROTOCOL = 2
 FINAL_POINTS = 3
 # What a finished run must share with a request for it to count as that request.
 RUN_SETTINGS = ("steps", "eval_points", "eval_episodes")
+# A run's checkpoint: this file names the others and is written last, so it exists only for a complete checkpoint.
+CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_PATTERNS = ("checkpoint-*.zip", "vecnormalize-*.pkl", "*.partial")
+RESUME_NOTE = (
+    "resumed from a checkpoint (resumed_from_steps): weights, optimizer state, lambda, VecNormalize statistics, "
+    "replay and curve were restored; the envs' own RNG state and the episodes in progress cannot be, so the envs "
+    "were reset and reseeded from the seed and the step count, and the run is not bit-identical to an "
+    "uninterrupted one"
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,12 @@ class RunSpec:
     steps: int
     eval_points: int = 20
     eval_episodes: int = 10
+    # How the run is kept safe, not what it is: not part of its identity nor of its result.
+    checkpoint_every: int = field(default=5, compare=False)
+
+    def settings(self) -> dict:
+        """What the run is: its fields but ``checkpoint_every`` (what result.json and a checkpoint record)."""
+        return {key: value for key, value in asdict(self).items() if key != "checkpoint_every"}
 
     def folder(self, root: Path) -> Path:
         return root / "runs" / self.env_id / self.algo / f"seed{self.seed}"
@@ -48,7 +66,7 @@ class CurveRecorder(BaseCallback):
     """
     Evaluates the policy deterministically ``eval_points`` times along a budget of ``budget`` env steps, plus
     once before training, and appends a row per evaluation to ``path``: env steps, training wall time so far
-    (evaluation time excluded), mean and std of the return.
+    (evaluation and checkpoint time excluded), mean and std of the return.
 
     The k-th evaluation (k < ``eval_points``) runs at the first env step at or past ``k · budget / eval_points``
     with the policy in use at that step (as SB3's ``EvalCallback`` does); the last one runs after the final
@@ -56,27 +74,63 @@ class CurveRecorder(BaseCallback):
     :func:`check_schedule` ensures that no vectorised step passes two thresholds, so the count is exact.
     Before each evaluation an env that drifts (``start_evaluation``, see :mod:`.envs`) is told to spread the
     evaluation's episodes over its whole cycle.
+
+    :param checkpoint_every: Call ``save_checkpoint(self)`` at the start of the first rollout after every
+        ``checkpoint_every`` evaluations (0: never); there the last update is done and no rollout is half
+        collected, so training can resume from it exactly
+    :param resume: :meth:`state` of the recorder of a checkpoint: its curve is kept, not evaluated again
     """
 
-    def __init__(self, eval_env: VecEnv, budget: int, eval_points: int, eval_episodes: int, path: Path) -> None:
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        budget: int,
+        eval_points: int,
+        eval_episodes: int,
+        path: Path,
+        checkpoint_every: int = 0,
+        save_checkpoint=None,
+        resume: dict | None = None,
+    ) -> None:
         super().__init__()
         self.eval_env, self.eval_episodes, self.path = eval_env, eval_episodes, path
         self.thresholds = [budget * k / eval_points for k in range(1, eval_points)]
         self.train_seconds = 0.0
         self._clock = 0.0
         self.rows: list[dict[str, float]] = []
+        self.checkpoint_every, self.save_checkpoint = checkpoint_every, save_checkpoint
+        self._since_checkpoint = 0
+        if resume is not None:
+            self.thresholds = [float(threshold) for threshold in resume["thresholds"]]
+            self.train_seconds = float(resume["train_seconds"])
+            self.rows = [dict(row) for row in resume["rows"]]
+
+    def state(self) -> dict:
+        """What a resumed run needs to continue the curve (JSON-able)."""
+        return {"train_seconds": self.train_seconds, "thresholds": list(self.thresholds), "rows": list(self.rows)}
 
     def _on_training_start(self) -> None:
         with open(self.path, "w", newline="") as file:
-            csv.writer(file).writerow(CURVE_FIELDS)
-        self._evaluate()
+            writer = csv.writer(file)
+            writer.writerow(CURVE_FIELDS)
+            writer.writerows([row[field] for field in CURVE_FIELDS] for row in self.rows)
+        if not self.rows:  # a resumed run has its evaluations up to the checkpoint
+            self._evaluate()
         self._clock = time.perf_counter()
 
     def _on_step(self) -> bool:
         if self.thresholds and self.num_timesteps >= self.thresholds[0]:
             self.thresholds.pop(0)
             self._pause_and_evaluate()
+            self._since_checkpoint += 1
         return True
+
+    def _on_rollout_start(self) -> None:
+        if self.checkpoint_every and self._since_checkpoint >= self.checkpoint_every:
+            self.train_seconds += time.perf_counter() - self._clock
+            self.save_checkpoint(self)
+            self._since_checkpoint = 0
+            self._clock = time.perf_counter()
 
     def _on_training_end(self) -> None:
         self._pause_and_evaluate()
@@ -138,6 +192,9 @@ def validate_specs(specs: list[RunSpec]) -> None:
             value = getattr(spec, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
+        every = spec.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"--checkpoint-every must be a whole number >= 0 (0: never), got {every}")
     built = set()
     for spec in specs:
         config = configure(spec.algo, spec.env_id)
@@ -152,33 +209,54 @@ def validate_specs(specs: list[RunSpec]) -> None:
 
 
 def run_one(spec: RunSpec, root: Path) -> dict:
-    """Train and evaluate one run; writes ``curve.csv`` and, last, ``result.json``."""
+    """
+    Train and evaluate one run; writes ``curve.csv`` and, last, ``result.json``. A run killed before it finished
+    resumes from its last complete checkpoint (see :func:`load_checkpoint`); without one, what it left is
+    discarded and it starts again.
+    """
     from sb3_r2vpo.benchmark.algorithms import configure, parse_variant
     from sb3_r2vpo.benchmark.envs import register_envs
 
     th.set_num_threads(1)
     register_envs()
     folder = spec.folder(root)
-    if folder.exists():
-        shutil.rmtree(folder)  # what a killed run left behind
-    folder.mkdir(parents=True)
+    checkpoint = load_checkpoint(spec, folder)
+    if checkpoint is None:
+        if folder.exists():
+            shutil.rmtree(folder)  # what a killed run left behind, without a checkpoint to resume from
+        folder.mkdir(parents=True)
     config = configure(spec.algo, spec.env_id)
     rollout = config.rollout_size()
     check_schedule(spec, rollout, config.preset.n_envs)
     budget = trained_budget(spec.steps, rollout)
-    if budget != spec.steps:
+    label = f"{spec.algo} {spec.env_id} seed {spec.seed}"
+    if budget != spec.steps and checkpoint is None:
         print(
-            f"{spec.algo} {spec.env_id} seed {spec.seed}: {spec.steps} steps rounded up to {budget} "
-            f"({budget // rollout} whole rollouts of {rollout})",
+            f"{label}: {spec.steps} steps rounded up to {budget} ({budget // rollout} whole rollouts of {rollout})",
             flush=True,
         )
-    model = config.make_model(spec.seed)
+    if checkpoint is None:
+        model, resumed_from = config.make_model(spec.seed), []
+    else:
+        model = resume_model(config, spec, folder, checkpoint)
+        resumed_from = [*checkpoint["resumed_from_steps"], checkpoint["env_steps"]]
+        print(f"{label}: resumed from its checkpoint at {checkpoint['env_steps']} of {budget} steps", flush=True)
     eval_env = config.preset.make_env(seed=spec.seed + 10_000, training=False)
-    recorder = CurveRecorder(eval_env, budget, spec.eval_points, spec.eval_episodes, folder / "curve.partial.csv")
-    model.learn(total_timesteps=budget, callback=recorder)
+    recorder = CurveRecorder(
+        eval_env,
+        budget,
+        spec.eval_points,
+        spec.eval_episodes,
+        folder / "curve.partial.csv",
+        checkpoint_every=spec.checkpoint_every,
+        save_checkpoint=lambda recorder: save_checkpoint(spec, folder, model, recorder, resumed_from),
+        resume=None if checkpoint is None else checkpoint["recorder"],
+    )
+    # Resumed: the budget left, counted on from the checkpoint's steps (schedules and the total stay exact).
+    model.learn(total_timesteps=budget - model.num_timesteps, callback=recorder, reset_num_timesteps=checkpoint is None)
     (folder / "curve.partial.csv").replace(folder / "curve.csv")
     result = {
-        **asdict(spec),
+        **spec.settings(),
         "entry": config.entry,
         "overrides": {key: _jsonable(value) for key, value in parse_variant(spec.algo)[1].items()},
         "protocol": PROTOCOL,
@@ -189,10 +267,109 @@ def run_one(spec: RunSpec, root: Path) -> dict:
         "train_seconds": recorder.train_seconds,
         "seconds_per_step": recorder.train_seconds / max(model.num_timesteps, 1),
         "peak_return": max(row["eval_return_mean"] for row in recorder.rows),
+        "resumed_from_steps": resumed_from,
     }
-    (folder / "result.partial.json").write_text(json.dumps(result, indent=2))
-    (folder / "result.partial.json").replace(folder / "result.json")
+    if resumed_from:
+        result["resume_note"] = RESUME_NOTE
+    _write_atomically(folder / "result.json", json.dumps(result, indent=2).encode())
+    remove_checkpoint(folder)  # the finished run needs none: committed results stay small
     return result
+
+
+def save_checkpoint(spec: RunSpec, folder: Path, model, recorder: CurveRecorder, resumed_from: list[int]) -> None:
+    """
+    Checkpoint a training run into ``folder``: the model by its own ``save`` (weights, optimizer state, λ; an
+    R2VPO replay too, saved as with ``save_replay=True``), the ``VecNormalize`` statistics if any, and in
+    ``checkpoint.json`` the step count, the recorder's state (curve so far, training time, thresholds left) and
+    where the run was resumed before. Each file is written under a temporary name and renamed; checkpoint.json,
+    which names the others, comes last and the previous checkpoint's files are deleted after it: a kill at any
+    moment leaves one complete checkpoint (or none).
+    """
+    steps = int(model.num_timesteps)
+    files = {"model": f"checkpoint-{steps}.zip", "vecnormalize": None}
+    buffer = io.BytesIO()
+    keeps_replay = getattr(model, "save_replay", None)
+    if keeps_replay is not None:
+        model.save_replay = True
+    try:
+        model.save(buffer)
+    finally:
+        if keeps_replay is not None:
+            model.save_replay = keeps_replay
+    _write_atomically(folder / files["model"], buffer.getvalue())
+    vec_normalize = model.get_vec_normalize_env()
+    if vec_normalize is not None:
+        files["vecnormalize"] = f"vecnormalize-{steps}.pkl"
+        partial = folder / (files["vecnormalize"] + ".partial")
+        vec_normalize.save(partial)
+        _commit(partial, folder / files["vecnormalize"])
+    manifest = {
+        "run": spec.settings(),
+        "env_steps": steps,
+        "files": files,
+        "recorder": recorder.state(),
+        "resumed_from_steps": resumed_from,
+    }
+    _write_atomically(folder / CHECKPOINT_FILE, json.dumps(manifest, indent=2).encode())
+    for pattern in CHECKPOINT_PATTERNS[:2]:
+        for stale in folder.glob(pattern):
+            if stale.name not in files.values():
+                stale.unlink()
+
+
+def load_checkpoint(spec: RunSpec, folder: Path) -> dict | None:
+    """
+    The last complete checkpoint of ``spec`` in ``folder`` (its ``checkpoint.json``), or ``None``: none, one
+    that cannot be read, one of another run (other budget or evaluation schedule), or one whose files are gone.
+    """
+    try:
+        manifest = json.loads((folder / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("run") != spec.settings():
+        return None
+    names = [name for name in manifest.get("files", {}).values() if name]
+    if not names or not all((folder / name).is_file() for name in names):
+        return None
+    return manifest
+
+
+def resume_model(config, spec: RunSpec, folder: Path, checkpoint: dict):
+    """
+    The model of ``checkpoint``, on a fresh training env with the checkpoint's ``VecNormalize`` statistics. An
+    env's own RNG state cannot be restored: the envs are reset at the next ``learn`` and everything is reseeded
+    from the run's seed and the checkpoint's step count (so that a resumed run does not replay its first
+    episodes, and two resumptions from one checkpoint are alike).
+    """
+    files = checkpoint["files"]
+    env = config.preset.make_env()
+    if files.get("vecnormalize"):
+        env = VecNormalize.load(str(folder / files["vecnormalize"]), env.venv if isinstance(env, VecNormalize) else env)
+    model = config.algorithm.load(folder / files["model"], env=env)
+    seed = int(np.random.SeedSequence([spec.seed, int(checkpoint["env_steps"])]).generate_state(1)[0] % 2**31)
+    model.set_random_seed(seed)
+    return model
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete the checkpoint files of ``folder`` (checkpoint.json first, so that no half of one looks complete)."""
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for pattern in CHECKPOINT_PATTERNS:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _commit(partial: Path, path: Path) -> None:
+    """Make the finished file ``partial`` durable and give it its name ``path`` at once."""
+    with open(partial, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    _commit(partial, path)
 
 
 def _jsonable(value):
@@ -228,6 +405,84 @@ def _run_safely(spec: RunSpec, root: Path) -> tuple[RunSpec, dict | None, str | 
         return spec, None, traceback.format_exc()
 
 
+# The files of a finished run that a Ray task hands back to the driver, which writes them (last: result.json).
+RESULT_FILES = ("curve.csv", "result.json")
+RAY_MISSING = '--ray needs Ray, which is not installed: pip install "sb3-r2vpo[ray]"'
+
+
+def _ray_task(spec: RunSpec, root: str, cwd: str) -> tuple[RunSpec, dict | None, str | None, dict[str, str] | None]:
+    """
+    One run as a Ray task: trained (or resumed from its checkpoint) under ``root`` on the worker's node, its
+    finished files returned. ``cwd``: the driver's working directory, where relative paths (``r2vpo@FILE``) are
+    found when the node sees it.
+    """
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    spec, result, error = _run_safely(spec, Path(root))
+    if error is not None:
+        return spec, None, error, None
+    folder = spec.folder(Path(root))
+    return spec, result, None, {name: (folder / name).read_text() for name in RESULT_FILES}
+
+
+def _import_ray():
+    """Ray, or a one-line ``ValueError`` naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(RAY_MISSING) from None
+    return ray
+
+
+def _connect_ray(ray, address: str) -> bool:
+    """
+    Join the Ray cluster at ``address`` (``auto``: the one this machine belongs to), unless this process already
+    has a Ray instance (then that one is used). :return: whether this call connected (and should disconnect).
+    """
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except Exception as error:  # ConnectionError, RuntimeError, ... with several lines of advice
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--ray {address}: cannot join a Ray cluster there: {first}") from None
+    return True
+
+
+def _local_runs(specs: list[RunSpec], root: Path, jobs: int):
+    """Yield ``(spec, result, error)`` as local processes finish ``specs``, ``jobs`` at a time."""
+    with ProcessPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = [pool.submit(_run_safely, spec, root) for spec in specs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _ray_runs(ray, specs: list[RunSpec], root: Path, retries: int):
+    """
+    Yield ``(spec, result, error)`` as Ray tasks finish ``specs``: one CPU each, Ray's scheduling; a task whose
+    worker or node dies is retried up to ``retries`` times, and resumes from the run's last checkpoint where
+    that node sees ``root``. The driver writes each finished run's files into ``root``, as a local run would.
+    """
+    task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=False)(_ray_task)
+    workers_root, cwd = str(root.resolve()), os.getcwd()
+    submitted = {task.remote(spec, workers_root, cwd): spec for spec in specs}
+    pending = list(submitted)
+    while pending:
+        (ready,), pending = ray.wait(pending, num_returns=1)
+        try:
+            spec, result, error, files = ray.get(ready)
+        except Exception:  # lost more often than it may be retried (WorkerCrashedError, NodeDiedError, ...)
+            yield submitted[ready], None, traceback.format_exc()
+            continue
+        if files is not None:
+            folder = spec.folder(root)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in RESULT_FILES:  # result.json last: the run is finished once it is there
+                _write_atomically(folder / name, files[name].encode())
+            remove_checkpoint(folder)
+        yield spec, result, error
+
+
 def copy_run(source: RunSpec, spec: RunSpec, root: Path) -> dict:
     """Finish ``spec`` with the finished run ``source`` of the same model (see ``same_run_as``), saying so."""
     from sb3_r2vpo.benchmark.algorithms import configure
@@ -238,28 +493,42 @@ def copy_run(source: RunSpec, spec: RunSpec, root: Path) -> dict:
     folder.mkdir(parents=True)
     shutil.copyfile(source.folder(root) / "curve.csv", folder / "curve.csv")
     result = json.loads((source.folder(root) / "result.json").read_text())
-    result.update(asdict(spec), entry=configure(spec.algo, spec.env_id).entry, same_run_as=source.algo)
+    result.update(spec.settings(), entry=configure(spec.algo, spec.env_id).entry, same_run_as=source.algo)
     (folder / "result.partial.json").write_text(json.dumps(result, indent=2))
     (folder / "result.partial.json").replace(folder / "result.json")
     print(f"{spec.algo} {spec.env_id} seed {spec.seed}: same model as {source.algo}, its run copied", flush=True)
     return result
 
 
-def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSpec, str]]:
+def run_all(
+    specs: list[RunSpec], root: Path, jobs: int = 1, ray_address: str | None = None, ray_retries: int = 3
+) -> list[tuple[RunSpec, str]]:
     """
     Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped. A spec whose model is
     another spec's (``r2vpo-matched`` where our entry is PPO's) is not trained again: it gets a copy of that
     run once it has finished, marked ``same_run_as``.
 
+    :param ray_address: Instead of local processes, run each spec as a task on the Ray cluster at this address
+        (``"auto"``: the one this machine belongs to; a process that already called ``ray.init`` uses its
+        instance): one CPU per run, a lost worker's run retried ``ray_retries`` times. The driver writes the
+        finished runs under ``root`` exactly as a local run does.
     :return: The runs that failed, with their tracebacks (the others are not held up by them)
+    :raise ValueError: In one line, before anything is trained or written: bad specs, Ray not installed, or no
+        Ray cluster at ``ray_address``
     """
     from sb3_r2vpo.benchmark.algorithms import same_run_as
 
+    ray = None if ray_address is None else _import_ray()
     validate_specs(specs)
-    todo = [spec for spec in specs if not is_finished(spec, root)]
+    todo = []
+    for spec in specs:
+        if is_finished(spec, root):
+            remove_checkpoint(spec.folder(root))  # left by a kill between result.json and its clean-up
+        else:
+            todo.append(spec)
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
     pending = set(todo)
-    sources, copies_waiting = {}, {}
+    sources, copies_waiting, copies_now = {}, {}, []
     for spec in todo:
         source_algo = same_run_as(spec.algo, spec.env_id)
         source = replace(spec, algo=source_algo) if source_algo else None
@@ -269,22 +538,31 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int = 1) -> list[tuple[RunSp
             sources[spec] = copies_waiting[spec] = source
         elif is_finished(source, root):
             sources[spec] = source
-            copy_run(source, spec, root)
+            copies_now.append((source, spec))
     to_train = [spec for spec in todo if spec not in sources]
+    disconnect = ray is not None and bool(to_train) and _connect_ray(ray, ray_address)
+    for source, spec in copies_now:
+        copy_run(source, spec, root)
     failures = []
-    with ProcessPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        futures = [pool.submit(_run_safely, spec, root) for spec in to_train]
-        for done, future in enumerate(as_completed(futures), start=1):
-            spec, result, error = future.result()
+    try:
+        if ray is not None and to_train:
+            finished = _ray_runs(ray, to_train, root, ray_retries)
+        else:
+            finished = _local_runs(to_train, root, jobs)
+        for done, (spec, result, error) in enumerate(finished, start=1):
             label = f"[{done}/{len(to_train)}] {spec.algo} {spec.env_id} seed {spec.seed}"
             if error is not None:
                 print(f"{label}: FAILED\n{error}", flush=True)
                 failures.append((spec, error))
                 continue
-            print(f"{label}: final {result['final_return']:.1f} in {result['train_seconds']:.0f}s", flush=True)
+            resumed = f" (resumed from {result['resumed_from_steps']})" if result.get("resumed_from_steps") else ""
+            print(f"{label}: final {result['final_return']:.1f} in {result['train_seconds']:.0f}s{resumed}", flush=True)
             for copy, source in copies_waiting.items():
                 if source == spec:
                     copy_run(source, copy, root)
+    finally:
+        if disconnect:
+            ray.shutdown()
     return failures
 
 
