@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= tests,mujoco,benchmark,zoo,optuna
+EXTRAS ?= tests,mujoco,benchmark,zoo,optuna,ray
 
 .PHONY: install demo test lint
 
