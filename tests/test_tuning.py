@@ -1,11 +1,14 @@
 """Optuna search: our API and CLI, the zoo sampler, several workers on SQLite and PostgreSQL, killed workers."""
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -148,31 +151,59 @@ def test_two_workers_share_one_postgresql_study(tmp_path):
         server.__exit__(None, None, None)
 
 
+def _running_with_heartbeat(db: Path) -> set[int]:
+    """
+    Numbers of the RUNNING trials whose heartbeat thread has recorded a beat. Optuna fails a trial as stale from its
+    last heartbeat only: a trial killed between its creation and its first beat would stay RUNNING for ever.
+    """
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection:
+        rows = connection.execute(
+            "SELECT trials.number FROM trials JOIN trial_heartbeats ON trial_heartbeats.trial_id = trials.trial_id "
+            "WHERE trials.state = 'RUNNING'"
+        ).fetchall()
+    return {number for (number,) in rows}
+
+
 def test_killed_worker_study_resumes(tmp_path):
-    url = f"sqlite:///{tmp_path}/killed.db"
+    db = tmp_path / "killed.db"
+    url = f"sqlite:///{db}"
     script = _worker_script(url, "killed", 4, 4096, heartbeat=1, grace=3)
     worker = _start_worker(script)
     storage = make_storage(url, heartbeat_interval=1, grace_period=3)
     deadline = time.monotonic() + 300
-    completed_before: dict[int, float] = {}
-    while time.monotonic() < deadline:
+    killed_number = None
+    while killed_number is None:
+        if time.monotonic() > deadline or worker.poll() is not None:
+            worker.kill()
+            pytest.fail("the worker never had a finished trial and a running one with a heartbeat")
         time.sleep(0.3)
         try:
             study = optuna.load_study(study_name="killed", storage=storage)
         except KeyError:
             continue
-        complete = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if not (study.get_trials(states=FINISHED) and _running_with_heartbeat(db)):
+            continue
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        # The study as the kill left it (a trial may have ended between the look above and the kill).
+        study = optuna.load_study(study_name="killed", storage=storage)
         running = study.get_trials(states=(TrialState.RUNNING,))
-        if complete and running:
-            completed_before = {t.number: t.value for t in complete}
+        if running:
+            assert [t.number for t in running] == sorted(_running_with_heartbeat(db)), "killed before its first beat"
             killed_number = running[0].number
-            break
-    else:
-        worker.kill()
-        pytest.fail("the worker never had a finished and a running trial")
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    time.sleep(4)  # past the grace period: the running trial's heartbeat is stale
+            completed_before = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+        else:  # killed between two trials: nothing to recover, try again
+            worker = _start_worker(script)
+
+    # Wait, bounded, until the heartbeat mechanism fails the killed trial (and enqueues its retry), not for a fixed time.
+    deadline = time.monotonic() + 60
+    while study.trials[killed_number].state == TrialState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        study = optuna.load_study(study_name="killed", storage=storage)
+    assert study.trials[killed_number].state == TrialState.FAIL, "the killed trial's heartbeat never went stale"
 
     restarted = _start_worker(script)
     _, stderr = restarted.communicate(timeout=600)
