@@ -1,20 +1,40 @@
 # Set-up and entry points. `make demo` trains R2VPO on CartPole-v1; `make test` runs the checks (.ci/run).
-# Both create .venv on first use, installing a CPU build of PyTorch before anything can pull a CUDA one.
+# Both create .venv on first use. PyTorch comes first: on a machine without an NVIDIA GPU (no nvidia-smi) a CPU
+# build from PyTorch's CPU index (on Linux, PyPI's torch is the CUDA build: ~20 CUDA packages, several GB); where
+# that index cannot be reached, pip gives up within seconds (--timeout/--retries) and the default index is used.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= tests,mujoco,benchmark,zoo,optuna,ray
+EXTRAS ?= tests,mujoco,box2d,atari,benchmark,zoo,optuna,tensorboard,ray
+TORCH ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# How long pip may wait for the CPU index: per connection attempt (s), and the retries after the first.
+TORCH_CPU_INDEX_TIMEOUT ?= 10
+TORCH_CPU_INDEX_RETRIES ?= 1
 
-.PHONY: install demo test lint
+.PHONY: install torch demo test lint check-extras
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" || \
-		$(PY) -m pip install -q "torch>=2.3,<2.15" --index-url https://download.pytorch.org/whl/cpu
+	$(MAKE) --no-print-directory torch
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# PyTorch alone, CPU build first where there is no GPU (see the top of this file).
+torch:
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "nvidia-smi found: $(TORCH) from the default index (a CUDA build)"; \
+		$(PY) -m pip install -q "$(TORCH)"; \
+	elif $(PY) -m pip install -q --timeout $(TORCH_CPU_INDEX_TIMEOUT) --retries $(TORCH_CPU_INDEX_RETRIES) \
+			"$(TORCH)" --index-url $(TORCH_CPU_INDEX); then \
+		echo "no GPU: torch $$($(PY) -c 'from importlib.metadata import version; print(version("torch"))') (CPU index first)"; \
+	else \
+		echo "no GPU, and $(TORCH_CPU_INDEX) cannot be reached: $(TORCH) from the default index" \
+			"(on Linux PyPI's build is the CUDA one; it runs on a CPU too)"; \
+		$(PY) -m pip install -q "$(TORCH)"; \
+	fi
 
 install: $(STAMP)
 
@@ -24,5 +44,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Each extra alone, in a fresh venv, from one built wheel, runs its own entry point (.ci/check_extras.sh).
+check-extras: $(STAMP)
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(PY) .ci/check_extras.sh
+
+# R2VPO_REQUIRE_EXTRAS: a test whose extra is missing fails instead of skipping (every extra is installed here).
 test: lint
-	$(PY) -m pytest
+	R2VPO_REQUIRE_EXTRAS=1 $(PY) -m pytest
+	$(MAKE) --no-print-directory check-extras

@@ -1,0 +1,42 @@
+"""`tensorboard_log=` works with the tensorboard extra, and the event files hold R2VPO's keys."""
+
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_r2vpo import R2VPO
+from tests.extras import require
+
+
+class MultiplierAtRolloutStart(BaseCallback):
+    """λ when each rollout starts: the value the previous update ended with (what SB3 logs at the next dump)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def _on_rollout_start(self) -> None:
+        self.values.append(self.model.lagrange_multiplier)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_event_files_hold_the_lagrange_multiplier(tmp_path):
+    require("tensorboard", "tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, tensorboard_log=str(tmp_path), seed=0)
+    callback = MultiplierAtRolloutStart()
+    model.learn(3 * 64, tb_log_name="r2vpo", callback=callback)
+    (run,) = tmp_path.iterdir()
+    assert run.name == "r2vpo_1"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for key in ("train/lagrange_multiplier", "train/ratio_variance", "train/variance_target", "rollout/ep_rew_mean"):
+        assert key in scalars, (key, scalars)
+    # SB3 dumps an update's train/ keys after the next rollout: the updates after rollouts 1 and 2, at 128 and 192.
+    logged = events.Scalars("train/lagrange_multiplier")
+    assert [event.step for event in logged] == [128, 192]
+    assert [event.value for event in logged] == pytest.approx(callback.values[1:3], rel=1e-6)
+    assert len(set(callback.values)) == 3  # λ moved: the values compared are not all the initial one
