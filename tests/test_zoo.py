@@ -1,31 +1,37 @@
 """RL Zoo integration: the launcher, the packaged YAML, its errors, and the wheel."""
 
-import importlib.util
 import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_r2vpo import R2VPO
 from sb3_r2vpo.presets import get_preset, hyperparams_path, load_hyperparams
 from sb3_r2vpo.zoo import ZooConfigError, check_entry, main
+from tests.extras import require
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
-# Entries that need an optional dependency, and the module that provides it.
+# Entries that need an optional dependency: the module, and the extra of sb3-r2vpo that installs it.
 OPTIONAL_MODULES = {
-    "LunarLander-v3": "Box2D",
-    "LunarLanderContinuous-v3": "Box2D",
-    "BipedalWalker-v3": "Box2D",
-    "atari": "ale_py",
+    "LunarLander-v3": ("Box2D", "box2d"),
+    "LunarLanderContinuous-v3": ("Box2D", "box2d"),
+    "BipedalWalker-v3": ("Box2D", "box2d"),
+    "atari": ("ale_py", "atari"),
 }
-MUJOCO = "mujoco"
+MUJOCO = ("mujoco", "mujoco")
+# Entries train one whole rollout of their own size up to this many steps; bigger ones (LunarLander 16 x 1024,
+# BipedalWalker 32 x 2048) train one rollout of about 512 steps with the entry's n_envs and everything else.
+MAX_ROLLOUT = 4096
 # Keys whose YAML value is stored unchanged on the model.
 PLAIN_KEYS = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "vf_coef", "max_grad_norm", "use_sde")
 
@@ -53,15 +59,12 @@ def test_console_script_module_runs():
     assert result.returncode == 2 and "usage: r2vpo-zoo {train,enjoy" in result.stderr
 
 
-@pytest.mark.parametrize("env_id", [key for key in load_hyperparams() if key != "default"])
-def test_every_entry_builds_its_model(env_id):
+@pytest.mark.parametrize("env_id", [key for key in load_hyperparams() if key not in ("default", "atari")])
+def test_every_entry_builds_its_model_and_trains(env_id):
     entry = load_hyperparams()[env_id]
-    module = OPTIONAL_MODULES.get(env_id, MUJOCO if env_id.endswith("-v5") else None)
-    if module is not None and importlib.util.find_spec(module) is None:
-        pytest.skip(f"{env_id} needs the optional package {module!r}, which is not installed")
-    if env_id == "atari":
-        assert check_entry(hyperparams_path(), "BreakoutNoFrameskip-v4") == entry
-        return
+    needs = OPTIONAL_MODULES.get(env_id, MUJOCO if env_id.endswith("-v5") else None)
+    if needs is not None:
+        require(*needs)
     check_entry(hyperparams_path(), env_id)
     preset = get_preset(env_id)
     model = preset.make_model(seed=0)
@@ -75,7 +78,49 @@ def test_every_entry_builds_its_model(env_id):
         assert model.lr_schedule(0.5) == pytest.approx(entry["learning_rate"])
     if "policy_kwargs" in entry:
         assert "log_std_init" in model.policy_kwargs or "net_arch" in model.policy_kwargs
+    if model.n_steps * model.n_envs > MAX_ROLLOUT:
+        model.get_env().close()
+        n_steps = max(512 // preset.n_envs, 2)
+        model = preset.make_model(seed=0, n_steps=n_steps, batch_size=min(model.batch_size, n_steps * preset.n_envs))
+    rollout = model.n_steps * model.n_envs
+    model.learn(rollout)
+    assert model.num_timesteps == rollout and 1 <= model._n_updates <= model.n_epochs
+    assert np.isfinite(model.lagrange_multiplier) and all(th.isfinite(p).all() for p in model.policy.parameters())
     model.get_env().close()
+
+
+def test_atari_entry_trains_through_the_zoo_with_its_wrappers(tmp_path):
+    """The `atari` entry as the zoo runs it: AtariWrapper (84x84 grey, frame skip), 4 stacked frames, CnnPolicy."""
+    require("ale_py", "atari")
+    require("cv2", "atari")
+    entry = load_hyperparams()["atari"]
+    for env_id in ("PongNoFrameskip-v4", "ALE/Pong-v5"):
+        assert check_entry(hyperparams_path(), env_id) == entry
+    rollout = entry["n_envs"] * entry["n_steps"]
+    main(
+        [
+            "train",
+            "--algo",
+            "r2vpo",
+            "--env",
+            "PongNoFrameskip-v4",
+            "-n",
+            str(rollout),
+            "-f",
+            str(tmp_path),
+            "--seed",
+            "0",
+            "--eval-freq",
+            "-1",
+        ]
+    )
+    model = R2VPO.load(tmp_path / "r2vpo" / "PongNoFrameskip-v4_1" / "PongNoFrameskip-v4.zip")
+    assert type(model.policy).__name__ == "ActorCriticCnnPolicy"  # CnnPolicy
+    assert model.observation_space.shape == (entry["frame_stack"], 84, 84)  # stacked 84x84 frames, channels first
+    assert (model.n_envs, model.n_steps, model.n_epochs, model.batch_size) == (8, 128, 4, 256)
+    assert model.num_timesteps == rollout and 1 <= model._n_updates <= entry["n_epochs"]
+    assert model.variance_target(1.0) == pytest.approx(entry["variance_target"])
+    assert model.lr_schedule(1.0) == pytest.approx(2.5e-4) and model.lr_schedule(0.0) == pytest.approx(0.0)
 
 
 def test_unknown_key_names_file_entry_and_key(tmp_path):
@@ -111,6 +156,11 @@ def test_wheel_ships_the_hyperparameter_file(tmp_path):
         cwd=tmp_path,
     )
     (wheel,) = wheel_dir.glob("sb3_r2vpo-*.whl")
+    # Every subpackage of the checkout is in the wheel (sb3_r2vpo.benchmark was once left out of setup.cfg).
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {str(Path(name).parent) for name in archive.namelist() if name.endswith("/__init__.py")}
+    subpackages = {str(init.parent.relative_to(REPO)) for init in (REPO / "sb3_r2vpo").rglob("__init__.py")}
+    assert subpackages <= shipped, f"not in the wheel (add them to setup.cfg's packages): {sorted(subpackages - shipped)}"
     env_dir = tmp_path / "fresh"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
