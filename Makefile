@@ -52,3 +52,15 @@ check-extras: $(STAMP)
 test: lint
 	R2VPO_REQUIRE_EXTRAS=1 $(PY) -m pytest
 	$(MAKE) --no-print-directory check-extras
+
+# Mutation testing of the method's modules (r2vpo/objective.py, r2vpo.py, replay.py) with mutmut, configured in
+# pyproject.toml ([tool.mutmut]); slow (hours on 2 cores), so not part of `make test` or CI. MUTANTS narrows the run
+# (make mutation MUTANTS='sb3_r2vpo.r2vpo.objective.*'), MUTATION_JOBS sets the workers. `mutmut results` lists the
+# survivors, `mutmut show NAME` shows one; the working copy is mutants/.
+MUTANTS ?=
+MUTATION_JOBS ?= 1
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PY) -m pip install -q "mutmut>=3.8,<4"
+	set -f; nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(VENV)/bin/mutmut export-cicd-stats

@@ -106,3 +106,12 @@ def test_dual_update_respects_bounds_and_returns_plain_float():
 def test_dual_update_refuses_nonfinite_variance():
     with pytest.raises(ValueError, match="finite"):
         dual_update(1.0, float("nan"), 0.04, "multiplicative", 0.05, 1.0, 1e-3, 1e3)
+
+
+def test_defaults_and_messages_of_the_public_functions():
+    ratio = th.tensor([0.5, 1.5, 2.0], dtype=F64)
+    # The default centre is the minibatch mean (4/3 here, not 1).
+    assert ratio_variance(ratio).item() == pytest.approx(ratio.var(unbiased=False).item())
+    assert ratio_variance(ratio).item() != pytest.approx(ratio_variance(ratio, "one").item())
+    with pytest.raises(ValueError, match=r"dual_update must be one of \('multiplicative', 'linear'\), got 'quadratic'"):
+        dual_update(1.0, 0.1, 0.04, "quadratic", 0.05, 1.0, 1e-3, 1e3)
