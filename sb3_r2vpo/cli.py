@@ -51,7 +51,8 @@ def set_torch_threads(threads: int | None) -> int:
     """
     Set PyTorch's intra-op CPU threads. For the small MLPs of RL policies one thread is fastest: with torch's
     default (one per core) the threads of one process, or of several runs on one machine, wait on each other
-    (measured: ``make demo`` 545 s with the default on a busy 2-core machine, 31 s with one thread).
+    (measured, ``make demo`` on a busy 2-core machine: 367 s with the default, 60 s with one thread; 955 s
+    and 129 s under another load).
 
     :param threads: ``None``: :func:`resolve_torch_threads`'s default; 0: PyTorch's default; N: N threads
     :return: The number of threads now in use
