@@ -503,6 +503,15 @@ def _interval(estimate: float, ci: np.ndarray) -> str:
     return f"{estimate:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _iqm_and_mean_rows(algos: list[str], seeds_used: dict, estimates: dict, intervals: dict) -> list[str]:
+    """Table rows ``| algo | seeds | IQM [CI] | mean [CI] |`` from rliable's estimates and intervals."""
+    rows = []
+    for algo in algos:
+        (iqm, mean), ci = estimates[algo], intervals[algo]
+        rows.append(f"| {algo} | {len(seeds_used[algo])} | {_interval(iqm, ci[:, 0])} | {_interval(mean, ci[:, 1])} |")
+    return rows
+
+
 def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) -> list[str]:
     """
     Final score, AUC and peak-to-final aggregates (tables and plots named ``prefix*``), P(R2VPO > X) on the
@@ -524,9 +533,7 @@ def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) 
         "| algorithm | seeds | IQM [95% CI] | mean [95% CI] |",
         "|---|---|---|---|",
     ]
-    for algo in algos:
-        (iqm, mean), ci = final_estimates[algo], final_intervals[algo]
-        lines.append(f"| {algo} | {len(seeds_used[algo])} | {_interval(iqm, ci[:, 0])} | {_interval(mean, ci[:, 1])} |")
+    lines += _iqm_and_mean_rows(algos, seeds_used, final_estimates, final_intervals)
     _plot_intervals(
         [
             ("final score: IQM", final_estimates, final_intervals, 0),
@@ -548,9 +555,7 @@ def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) 
         "| algorithm | seeds | AUC IQM [95% CI] | AUC mean [95% CI] |",
         "|---|---|---|---|",
     ]
-    for algo in algos:
-        (iqm, mean), ci = area_estimates[algo], area_intervals[algo]
-        lines.append(f"| {algo} | {len(seeds_used[algo])} | {_interval(iqm, ci[:, 0])} | {_interval(mean, ci[:, 1])} |")
+    lines += _iqm_and_mean_rows(algos, seeds_used, area_estimates, area_intervals)
     lines += [
         "",
         "### Stability: peak-to-final loss",
