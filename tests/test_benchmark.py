@@ -280,6 +280,9 @@ def test_drifting_pendulum_evaluation_spans_the_whole_cycle():
         (["--algos", "r2vpo[variance_target=-0.5]"], "variance_target"),
         (["--algos", "nope"], "unknown algorithm 'nope'"),
         (["--steps", "256", "--eval-points", "64"], "ask for at most 32"),
+        (["--algos", "r2vpo-k-1"], "r2vpo-k<K> needs a whole number K >= 1"),
+        (["--algos", "r2vpo-kx"], "r2vpo-k<K> needs a whole number K >= 1"),
+        (["--jobs", "0"], "--jobs must be a whole number >= 1, got 0"),
     ],
 )
 def test_bad_run_arguments_are_one_line_errors_before_anything_is_written(tmp_path, capsys, arguments, message):

@@ -179,13 +179,15 @@ def test_write_report_has_the_protocol_v2_sections_with_the_expected_numbers(tmp
     tasks = ("CartPole-v1", "Pendulum-v1")
     runs = make_runs(("ppo", "r2vpo", VARIANT), tasks)
     report = write_report(runs, tmp_path, "test", reps=100).read_text()
-    main = report.split("## Per task")[0]
+    main, variants = report.split("## Variants")[0], report.split("## Variants")[1].split("## Per task")[0]
     assert "final score**: the mean of the last 3 evaluations" in report
-    assert "Tasks: CartPole-v1, Pendulum-v1." in main
+    assert "Tasks: CartPole-v1, Pendulum-v1." in main and "Tasks: CartPole-v1, Pendulum-v1." in variants
 
-    # Final score: r2vpo's runs end on .9 ± .01 (IQM and mean 0.9), ppo's on .6; the variant is a row of its own.
+    # Final score: r2vpo's runs end on .9 ± .01 (IQM and mean 0.9), ppo's on .6; the variant is a row of its own,
+    # in the variants' section (never in the main comparison, whose seeds and tasks it could shrink).
     final = main.split("### Final score")[1].split("###")[0]
-    assert "| r2vpo | 3 | 0.900 [" in final and "| ppo | 3 | 0.600 [" in final and f"| {VARIANT} | 3 | 0.900 [" in final
+    assert "| r2vpo | 3 | 0.900 [" in final and "| ppo | 3 | 0.600 [" in final and VARIANT not in main
+    assert f"| {VARIANT} | 3 | 0.900 [" in variants.split("### Final score")[1].split("###")[0]
     # AUC: mean of 0, .9, 1, .9, .8 = 0.72 and of 0, .2, .4, .6, .8 = 0.4.
     area = main.split("### Learning speed")[1].split("###")[0]
     assert "| r2vpo | 3 | 0.720 [" in area and "| ppo | 3 | 0.400 [" in area
@@ -195,7 +197,7 @@ def test_write_report_has_the_protocol_v2_sections_with_the_expected_numbers(tmp
     # P(R2VPO > X): every r2vpo run beats every ppo run, on both metrics; the variant ties everywhere.
     improvement = main.split("### Probability of improvement")[1]
     assert "| ppo | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] |" in improvement
-    assert f"| {VARIANT} | 0.500 [" in improvement
+    assert f"| {VARIANT} | 0.500 [" in variants.split("### Probability of improvement")[1]
 
     # Per-task significance: R2VPO − PPO on CartPole's final is 0.3 of (500 − 22.9), in return units.
     significance = report.split("## Per task: R2VPO − X")[1].split("## Per task: returns")[0]
@@ -238,3 +240,17 @@ def test_a_variant_on_fewer_tasks_gets_its_own_section(tmp_path):
     assert "Tasks: CartPole-v1, Pendulum-v1." in main and VARIANT not in main.split("## Main comparison")[1]
     assert "Tasks: CartPole-v1." in variants and f"| {VARIANT} | 2 |" in variants
     assert (tmp_path / "variants_aggregates.png").exists()
+
+
+def test_an_algorithms_interval_does_not_depend_on_the_other_runs_in_the_folder():
+    """rliable draws every key's bootstrap from numpy's global generator in turn: each key is drawn alone."""
+    from sb3_r2vpo.benchmark.report import aggregate, probability_of_improvement
+
+    rng = np.random.default_rng(0)
+    matrices = {name: rng.uniform(size=(5, 3)) for name in ("ppo", "r2vpo", "spo")}
+    alone = aggregate({"spo": matrices["spo"]}, reps=200)
+    together = aggregate(matrices, reps=200)
+    np.testing.assert_array_equal(alone[1]["spo"], together[1]["spo"])
+    pair = probability_of_improvement({"r2vpo": matrices["r2vpo"], "spo": matrices["spo"]}, reps=200)
+    more = probability_of_improvement(matrices, reps=200)
+    np.testing.assert_array_equal(pair[1]["r2vpo,spo"], more[1]["r2vpo,spo"])

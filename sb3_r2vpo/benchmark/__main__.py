@@ -12,7 +12,8 @@ the task's entry of another hyperparameter file, e.g. the best.yml of `python -m
 and variants of any of them:
 'r2vpo[variance_target=0.02,dual_update_frequency=epoch]' is R2VPO's entry with those constructor arguments
 (values in YAML syntax; quote the whole name in the shell). Budgets round up to whole rollouts (the runner
-says so); each run is evaluated --eval-points times between rollouts plus once before training, and its
+says so); each run is evaluated once before training and --eval-points times along it, at the first step past
+each k·budget/points mark with the policy in use then (the last after the final update), and its
 final score is the mean of the last 3 evaluations.
 
 `overhead` times R2VPO's train() against PPO's on the same rollout buffer and weights (see .overhead).
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
 
             register_envs()
             check_env_ids(envs)  # a typo is one line and nothing is written, as in every entry point
+            if args.jobs < 1:
+                raise ValueError(f"--jobs must be a whole number >= 1, got {args.jobs}")
             algos = list(dict.fromkeys(canonical_name(algo) for algo in args.algos))
             specs = [
                 RunSpec(

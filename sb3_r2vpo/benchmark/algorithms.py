@@ -251,10 +251,18 @@ def _configure_from_file(algo: str, env_id: str) -> RunConfig:
     return RunConfig(preset, R2VPO, {}, entry)
 
 
+def _replay_count(algo: str) -> int:
+    """K of ``r2vpo-k<K>``; a one-line error naming the algorithm unless K is a whole number >= 1."""
+    count = algo[len("r2vpo-k") :]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"unknown algorithm {algo!r}: r2vpo-k<K> needs a whole number K >= 1 (replay_rollouts=K)")
+    return int(count)
+
+
 def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "r2vpo" or algo.startswith("r2vpo-k"):
         preset, entry = preset_for(env_id, None)
-        overrides = {"replay_rollouts": int(algo[len("r2vpo-k") :])} if algo.startswith("r2vpo-k") else {}
+        overrides = {"replay_rollouts": _replay_count(algo)} if algo.startswith("r2vpo-k") else {}
         return RunConfig(preset, R2VPO, overrides, entry)
     if algo.startswith(FROM_FILE):
         return _configure_from_file(algo, env_id)

@@ -263,13 +263,27 @@ def score_matrices(runs: list[dict], metric: str = "final") -> tuple[dict[str, n
 
 def aggregate(matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = BOOTSTRAP_SEED) -> tuple[dict, dict]:
     """IQM and mean with 95% stratified-bootstrap CIs, computed by rliable."""
-    from rliable import library as rly
     from rliable import metrics
 
-    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
-    estimates, intervals = rly.get_interval_estimates(
-        matrices, lambda scores: np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)]), reps=reps
-    )
+    def iqm_and_mean(scores: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
+
+    return _per_key_intervals(matrices, iqm_and_mean, reps, seed)
+
+
+def _per_key_intervals(groups: dict, statistic, reps: int, seed: int) -> tuple[dict, dict]:
+    """
+    rliable's estimates and bootstrap intervals, one key at a time from the same seed: rliable draws from
+    numpy's global generator in turn for every key, so a joint call would make each algorithm's interval
+    depend on which other runs happen to be in the results folder.
+    """
+    from rliable import library as rly
+
+    estimates, intervals = {}, {}
+    for key, value in groups.items():
+        np.random.seed(seed)
+        estimate, interval = rly.get_interval_estimates({key: value}, statistic, reps=reps)
+        estimates[key], intervals[key] = estimate[key], interval[key]
     return estimates, intervals
 
 
@@ -277,14 +291,12 @@ def probability_of_improvement(
     matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = BOOTSTRAP_SEED
 ) -> tuple[dict, dict]:
     """P(R2VPO > X) for every other algorithm X (variants of R2VPO included), with 95% CIs (rliable)."""
-    from rliable import library as rly
     from rliable import metrics
 
     pairs = {f"{OURS},{other}": (matrices[OURS], matrices[other]) for other in matrices if other != OURS and OURS in matrices}
     if not pairs:
         return {}, {}
-    np.random.seed(seed)
-    return rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps)
+    return _per_key_intervals(pairs, metrics.probability_of_improvement, reps, seed)
 
 
 def _first_crossing(steps: np.ndarray, returns: np.ndarray, target: float) -> float:
@@ -607,17 +619,13 @@ def _aggregate_section(runs: list[dict], out_dir: Path, prefix: str, reps: int) 
 
 def _split_variants(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     """
-    The main comparison's runs (replay variants aside) and the variants ``base[...]`` left out of it because
-    they did not finish every task the plain algorithms share (they would shrink the comparison to theirs).
+    The main comparison's runs (the plain algorithms) and the variants ``base[...]``, which always get a section
+    of their own: a screening variant is usually run on fewer seeds or tasks, and in the main comparison it
+    would shrink the seeds or tasks every algorithm is compared on.
     """
     main = [run for run in runs if not is_replay_variant(run["algo"])]
-    tasks_of = defaultdict(set)
-    for run in main:
-        tasks_of[run["algo"]].add(run["env_id"])
-    plain = [algo for algo in tasks_of if not is_variant(algo)] or list(tasks_of)
-    shared = set.intersection(*(tasks_of[algo] for algo in plain)) if plain else set()
-    outside = {algo for algo in tasks_of if is_variant(algo) and not shared <= tasks_of[algo]}
-    return [run for run in main if run["algo"] not in outside], [run for run in main if run["algo"] in outside]
+    plain = [run for run in main if not is_variant(run["algo"])]
+    return (plain or main), ([run for run in main if is_variant(run["algo"])] if plain else [])
 
 
 def _significance_section(runs: list[dict], reps: int) -> list[str]:

@@ -261,7 +261,7 @@ def run_one(spec: RunSpec, root: Path) -> dict:
         "overrides": {key: _jsonable(value) for key, value in parse_variant(spec.algo)[1].items()},
         "protocol": PROTOCOL,
         "env_steps": int(model.num_timesteps),
-        # The untrained policy's evaluation (row 0) is never part of the final score.
+        # The step-0 evaluation is left out; with fewer than 3 later ones, the final is the mean of those.
         "final_return": float(np.mean([row["eval_return_mean"] for row in recorder.rows[1:][-FINAL_POINTS:]])),
         "last_return": recorder.rows[-1]["eval_return_mean"],
         "train_seconds": recorder.train_seconds,
