@@ -99,7 +99,9 @@ def run(env_id: str, steps: int | None, seed: int, out: Path, eval_points: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="r2vpo-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", default="CartPole-v1", help="task with an entry in r2vpo.yml (default: CartPole-v1)")
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: the entry's n_timesteps)")
     parser.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,9 @@ from sb3_r2vpo.tuning import DEFAULT_STORAGE, PRUNERS, SAMPLERS, TuningError, op
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="r2vpo-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", required=True, help="Gymnasium id")
     parser.add_argument("--n-trials", type=int, required=True, help="finished trials the study should hold in total")
     parser.add_argument("--n-timesteps", type=int, default=50_000, help="training budget per trial")

@@ -222,3 +222,9 @@ def test_clip_range_is_refused_with_what_plays_its_role(tmp_path):
         ZooConfigError, match=rf"mine.yml: entry 'CartPole-v1': R2VPO takes no argument 'clip_range': {expected}"
     ):
         check_entry(config, "CartPole-v1")
+
+
+def test_a_schedule_string_for_clip_range_vf_says_what_is_accepted():
+    """PPO refuses "lin_0.2" too (only the zoo turns it into a schedule); the message must name schedules."""
+    with pytest.raises(TypeError, match=r"a number, a schedule .* or None, got str \(a 'lin_<value>' string"):
+        R2VPO("MlpPolicy", "CartPole-v1", clip_range_vf="lin_0.2")

@@ -138,6 +138,10 @@ def _check_annealed_schedule(name: str, value: float | Schedule | None, allow_no
     its end (progress remaining 0), as the zoo's ``lin_<value>`` does.
     """
     if not callable(value):
+        if value is not None and not _is_real(value):
+            hint = " (a 'lin_<value>' string becomes a schedule in a YAML entry only)" if isinstance(value, str) else ""
+            allowed = "a number, a schedule (callable of the progress remaining)" + (" or None" if allow_none else "")
+            raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__}{hint}")
         _check_positive(name, value, allow_none=allow_none)
         return
     _check_positive(f"{name}(1.0)", _plain(value(1.0)))
