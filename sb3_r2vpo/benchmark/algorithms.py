@@ -105,8 +105,8 @@ class RunConfig:
 
     def effective(self) -> tuple:
         """The constructor's arguments with its defaults filled in, and how the env is built: equal means same run."""
-        signature = inspect.signature(self.algorithm.__init__).parameters
-        defaults = {name: value.default for name, value in signature.items() if value.default is not inspect.Parameter.empty}
+        parameters = constructor_parameters(self.algorithm)
+        defaults = {name: value.default for name, value in parameters.items() if value.default is not inspect.Parameter.empty}
         kwargs = {**defaults, **self.preset.model_kwargs, **self.overrides}
         return (
             self.algorithm,
