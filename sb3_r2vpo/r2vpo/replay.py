@@ -16,6 +16,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -81,6 +82,9 @@ class StoredRollout:
 
     ``original``: observations (``observations``, ``last_obs``, ``terminal_obs``) and ``rewards`` are the
     environment's originals, to be normalised with the current ``VecNormalize`` statistics when replayed.
+
+    ``action_masks``: the invalid-action masks the actions were drawn under (bool, ``(n_steps, n_envs, mask_size)``),
+    for a rollout of a maskable rollout buffer (sb3-contrib's), else ``None``.
     """
 
     index: int
@@ -95,6 +99,7 @@ class StoredRollout:
     terminal_index: th.Tensor | None = None
     terminal_obs: Observations | None = None
     original: bool = False
+    action_masks: th.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,11 +119,31 @@ class StoredRollout:
             None if self.terminal_index is None else move(self.terminal_index),
             None if self.terminal_obs is None else _map_obs(self.terminal_obs, move),
             self.original,
+            None if self.action_masks is None else move(self.action_masks),
         )
 
 
-def rollout_nbytes(observation_space: spaces.Space, action_space: spaces.Space, n_steps: int, n_envs: int) -> int:
-    """Bytes one stored rollout takes: observations and actions in their dtypes, 3 float32 per sample, last obs."""
+def action_mask_size(action_space: spaces.Space) -> int:
+    """
+    Entries of one action mask for ``action_space``, one per logit of the action distribution (sb3-contrib's
+    layout): ``n`` for Discrete, ``sum(nvec)`` for MultiDiscrete, ``2 n`` for MultiBinary.
+    """
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return int(np.sum(action_space.nvec))
+    if isinstance(action_space, spaces.MultiBinary):
+        return 2 * int(np.prod(action_space.shape))
+    raise ValueError(f"no action masks for the action space {action_space}")
+
+
+def rollout_nbytes(
+    observation_space: spaces.Space, action_space: spaces.Space, n_steps: int, n_envs: int, mask_size: int = 0
+) -> int:
+    """
+    Bytes one stored rollout takes: observations and actions in their dtypes, 3 float32 per sample, last obs; and
+    ``mask_size`` bytes per sample for the action masks (stored as bool) of a maskable rollout.
+    """
 
     def space_bytes(space: spaces.Space) -> int:
         if isinstance(space, spaces.Dict):
@@ -127,7 +152,7 @@ def rollout_nbytes(observation_space: spaces.Space, action_space: spaces.Space, 
             return np.dtype(space.dtype).itemsize
         return int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
 
-    per_sample = space_bytes(observation_space) + space_bytes(action_space) + 3 * 4  # reward, start, log μ
+    per_sample = space_bytes(observation_space) + space_bytes(action_space) + 3 * 4 + mask_size  # reward, start, log μ
     return n_steps * n_envs * per_sample + n_envs * (space_bytes(observation_space) + 4)
 
 
@@ -367,6 +392,7 @@ class RolloutReplay:
         else:
             observations = _map_obs(buffer.observations, copy)
             last = _map_obs(last_obs, copy)
+        masks = getattr(buffer, "action_masks", None)  # sb3-contrib's maskable rollout buffers hold them
         terminal_index, terminal_obs = None, None
         if recording is not None:
             terminal_index = th.as_tensor(recording.terminal_index, dtype=th.long, device=self.device)
@@ -387,6 +413,7 @@ class RolloutReplay:
             terminal_index=terminal_index,
             terminal_obs=terminal_obs,
             original=original,
+            action_masks=None if masks is None else _to_tensor(np.asarray(masks) > 0.5, self.device),
         )
 
     def append(self, rollout: StoredRollout) -> None:
@@ -401,6 +428,9 @@ class ReplayBatch:
 
     ``start_log_prob``: each sample's log-probability under the policy at the start of the update, against
     which ``target_kl`` measures how far this update has moved the policy.
+
+    ``action_masks`` (float32, ``(samples, mask_size)``, as a maskable rollout buffer gives them): each sample's
+    invalid-action mask, for a maskable policy; the minibatches are then sb3-contrib's maskable samples.
     """
 
     observations: Observations
@@ -411,29 +441,34 @@ class ReplayBatch:
     returns: th.Tensor
     ages: th.Tensor
     start_log_prob: th.Tensor
+    action_masks: th.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ages)
 
-    def minibatches(
-        self, batch_size: int
-    ) -> Iterator[tuple[RolloutBufferSamples | DictRolloutBufferSamples, th.Tensor, th.Tensor]]:
+    def samples(self, idx: th.Tensor) -> Any:
+        """The rows ``idx`` as the rollout buffer's samples: SB3's, or sb3-contrib's maskable ones with masks."""
+        fields = (
+            _map_obs(self.observations, lambda obs: obs[idx]),
+            self.actions[idx],
+            self.old_values[idx],
+            self.old_log_prob[idx],
+            self.advantages[idx],
+            self.returns[idx],
+        )
+        dict_obs = isinstance(self.observations, dict)
+        if self.action_masks is None:
+            return (DictRolloutBufferSamples if dict_obs else RolloutBufferSamples)(*fields)
+        from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBufferSamples, MaskableRolloutBufferSamples
+
+        masked_class = MaskableDictRolloutBufferSamples if dict_obs else MaskableRolloutBufferSamples
+        return masked_class(*fields, self.action_masks[idx])
+
+    def minibatches(self, batch_size: int) -> Iterator[tuple[Any, th.Tensor, th.Tensor]]:
         indices = th.randperm(len(self), device=self.ages.device)
-        samples_class = DictRolloutBufferSamples if isinstance(self.observations, dict) else RolloutBufferSamples
         for start in range(0, len(self), batch_size):
             idx = indices[start : start + batch_size]
-            yield (
-                samples_class(
-                    _map_obs(self.observations, lambda obs, idx=idx: obs[idx]),
-                    self.actions[idx],
-                    self.old_values[idx],
-                    self.old_log_prob[idx],
-                    self.advantages[idx],
-                    self.returns[idx],
-                ),
-                self.ages[idx],
-                self.start_log_prob[idx],
-            )
+            yield self.samples(idx), self.ages[idx], self.start_log_prob[idx]
 
 
 def _flatten(tensor: th.Tensor) -> th.Tensor:
@@ -485,12 +520,17 @@ def bootstrapped_rewards(
     return rewards
 
 
-def _log_prob(
-    policy: ActorCriticPolicy, observations: Observations, actions: th.Tensor, action_space: spaces.Space
-) -> th.Tensor:
+def _evaluate(
+    policy: ActorCriticPolicy,
+    observations: Observations,
+    actions: th.Tensor,
+    action_space: spaces.Space,
+    action_masks: th.Tensor | None,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+    """``policy.evaluate_actions`` without gradient, under the samples' action masks where there are any."""
+    masking = {} if action_masks is None else {"action_masks": action_masks}
     with th.no_grad():
-        _, log_prob, _ = policy.evaluate_actions(observations, _actions_for_policy(actions, action_space))
-    return log_prob.flatten()
+        return policy.evaluate_actions(observations, _actions_for_policy(actions, action_space), **masking)
 
 
 def build_replay_batch(
@@ -514,6 +554,8 @@ def build_replay_batch(
     device = policy.device
     fresh_actions = _flatten(float_actions(_to_tensor(buffer.actions, device)))
     fresh_obs = _map_obs(buffer.observations, lambda array: _flatten(_to_tensor(array, device)))
+    masks = getattr(buffer, "action_masks", None)  # sb3-contrib's maskable rollout buffers hold them
+    fresh_masks = None if masks is None else _flatten(_to_tensor(masks, device)).to(th.float32)
     fresh = {
         "observations": fresh_obs,
         "actions": fresh_actions,
@@ -522,8 +564,10 @@ def build_replay_batch(
         "advantages": _flatten(_to_tensor(buffer.advantages, device)),
         "returns": _flatten(_to_tensor(buffer.returns, device)),
         "ages": th.zeros(buffer.buffer_size * buffer.n_envs, dtype=th.long, device=device),
-        "start_log_prob": _log_prob(policy, fresh_obs, fresh_actions, action_space),
+        "start_log_prob": _evaluate(policy, fresh_obs, fresh_actions, action_space, fresh_masks)[1].flatten(),
     }
+    if fresh_masks is not None:
+        fresh["action_masks"] = fresh_masks
     parts = [fresh]
     stats: dict[str, float] = {}
     stale_log_ratios = []
@@ -534,8 +578,13 @@ def build_replay_batch(
         rewards = bootstrapped_rewards(policy, rollout, rewards, terminal_obs, gamma)
         flat_obs = _map_obs(observations, _flatten)
         flat_actions = float_actions(_flatten(rollout.actions))
+        flat_masks = None
+        if fresh_masks is not None:
+            if rollout.action_masks is None:
+                raise ValueError("a stored rollout has no action masks: it was not collected by a maskable algorithm")
+            flat_masks = _flatten(rollout.action_masks).to(th.float32)
+        values, log_prob, _ = _evaluate(policy, flat_obs, flat_actions, action_space, flat_masks)
         with th.no_grad():
-            values, log_prob, _ = policy.evaluate_actions(flat_obs, _actions_for_policy(flat_actions, action_space))
             last_values = policy.predict_values(last_obs).flatten()
         # back to (n_steps, n_envs)
         values = values.flatten().reshape(n_envs, n_steps).T
@@ -550,6 +599,7 @@ def build_replay_batch(
             )
         parts.append(
             {
+                **({} if flat_masks is None else {"action_masks": flat_masks}),
                 "observations": flat_obs,
                 "actions": flat_actions,
                 "old_values": _flatten(values),
@@ -584,5 +634,6 @@ def build_replay_batch(
         returns=cat("returns").flatten(),
         ages=cat("ages"),
         start_log_prob=cat("start_log_prob").flatten(),
+        action_masks=None if fresh_masks is None else cat("action_masks"),
     )
     return batch, stats
