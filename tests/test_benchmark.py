@@ -46,6 +46,16 @@ def test_runner_writes_curves_and_report(tmp_path, capsys):
         # protocol v2: final = mean of the last 3 evaluations after the untrained one (here both of them)
         assert run["final_return"] == pytest.approx(run["curve"][1:, 2].mean())
         assert run["last_return"] == run["curve"][-1, 2] and run["protocol"] == 2
+        # one row of update statistics per update: CartPole's entries collect 8 × 32 = 256 steps per rollout
+        stats = run["train_stats"]
+        if run["env_id"] == "CartPole-v1":
+            assert {values["updates"] for values in stats.values()} == {1024 // 256}
+        if run["algo"] == "r2vpo":
+            multiplier = stats["lagrange_multiplier"]
+            assert 0 < multiplier["p5"] <= multiplier["p50"] <= multiplier["p95"]
+            assert 0 <= stats["lagrange_multiplier_at_floor"]["mean"] <= 1 and "approx_kl" in stats
+        else:
+            assert "lagrange_multiplier" not in stats and stats["clip_fraction"]["updates"] > 0
     with open(out / "runs" / "InvertedPendulum-v5" / "ppo" / "seed0" / "curve.csv") as file:
         assert next(csv.reader(file)) == ["env_steps", "train_seconds", "eval_return_mean", "eval_return_std"]
 

@@ -112,6 +112,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     # 3000 steps train 3008 (94 rollouts of 32): every evaluation once, none missing, as if never killed.
     assert run["env_steps"] == 3008
     assert list(run["curve"][:, 0]) == schedule(3008, 12, 1)
+    # the update statistics span the whole run: those before the checkpoint came back with it (32-step rollouts)
+    assert run["train_stats"]["lagrange_multiplier"]["updates"] == 3008 // 32
     assert run["resumed_from_steps"] == [manifest["env_steps"]] and "RNG" in run["resume_note"]
     # The curve up to the checkpoint is the killed run's, not evaluated again.
     np.testing.assert_array_equal(

@@ -25,6 +25,19 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 CURVE_FIELDS = ("env_steps", "train_seconds", "eval_return_mean", "eval_return_std")
+# What each update logged (``train/<key>``) that result.json summarises over the run's updates: the multiplier's
+# behaviour (R2VPO) and the size of each update (every algorithm), so the report can say how often λ sat on a bound.
+TRAIN_STAT_KEYS = (
+    "lagrange_multiplier",
+    "lagrange_multiplier_lower_bound",
+    "lagrange_multiplier_at_floor",
+    "ratio_variance",
+    "ratio_variance_final",
+    "variance_target",
+    "approx_kl",
+    "clip_fraction",
+    "entropy_loss",
+)
 # Protocol v2: evaluations between rollouts, exact counts; final = mean of the last FINAL_POINTS evaluations.
 PROTOCOL = 2
 FINAL_POINTS = 3
@@ -79,6 +92,9 @@ class CurveRecorder(BaseCallback):
         ``checkpoint_every`` evaluations (0: never); there the last update is done and no rollout is half
         collected, so training can resume from it exactly
     :param resume: :meth:`state` of the recorder of a checkpoint: its curve is kept, not evaluated again
+
+    It also keeps, for each update, what the algorithm logged under ``train/`` for :data:`TRAIN_STAT_KEYS`
+    (read from the logger after the update, before the next rollout), summarised by :meth:`train_stats`.
     """
 
     def __init__(
@@ -100,14 +116,50 @@ class CurveRecorder(BaseCallback):
         self.rows: list[dict[str, float]] = []
         self.checkpoint_every, self.save_checkpoint = checkpoint_every, save_checkpoint
         self._since_checkpoint = 0
+        self.updates: dict[str, list[float]] = {}
+        self._last_update: object = None
         if resume is not None:
             self.thresholds = [float(threshold) for threshold in resume["thresholds"]]
             self.train_seconds = float(resume["train_seconds"])
             self.rows = [dict(row) for row in resume["rows"]]
+            self.updates = {key: list(values) for key, values in resume.get("updates", {}).items()}
 
     def state(self) -> dict:
-        """What a resumed run needs to continue the curve (JSON-able)."""
-        return {"train_seconds": self.train_seconds, "thresholds": list(self.thresholds), "rows": list(self.rows)}
+        """What a resumed run needs to continue the curve and the update statistics (JSON-able)."""
+        return {
+            "train_seconds": self.train_seconds,
+            "thresholds": list(self.thresholds),
+            "rows": list(self.rows),
+            "updates": self.updates,
+        }
+
+    def _record_update(self) -> None:
+        """Keep this update's ``train/`` values of :data:`TRAIN_STAT_KEYS` (once per update: ``n_updates`` changes)."""
+        logged = self.model.logger.name_to_value
+        update = logged.get("train/n_updates")
+        if update is None or update == self._last_update:
+            return
+        self._last_update = update
+        for key in TRAIN_STAT_KEYS:
+            value = logged.get(f"train/{key}")
+            if isinstance(value, (int, float, np.floating)) and np.isfinite(value):
+                self.updates.setdefault(key, []).append(float(value))
+
+    def train_stats(self) -> dict[str, dict[str, float]]:
+        """
+        Per logged key, over the run's updates: ``updates`` (how many), ``mean`` and the 5th/50th/95th
+        percentiles; for R2VPO also ``lagrange_multiplier_at_floor.mean``, the fraction of updates that ended
+        with λ on its lower bound.
+        """
+        return {
+            key: {
+                "updates": len(values),
+                "mean": float(np.mean(values)),
+                **{f"p{q}": float(np.percentile(values, q)) for q in (5, 50, 95)},
+            }
+            for key, values in self.updates.items()
+            if values
+        }
 
     def _on_training_start(self) -> None:
         with open(self.path, "w", newline="") as file:
@@ -126,6 +178,7 @@ class CurveRecorder(BaseCallback):
         return True
 
     def _on_rollout_start(self) -> None:
+        self._record_update()
         if self.checkpoint_every and self._since_checkpoint >= self.checkpoint_every:
             self.train_seconds += time.perf_counter() - self._clock
             self.save_checkpoint(self)
@@ -133,6 +186,7 @@ class CurveRecorder(BaseCallback):
             self._clock = time.perf_counter()
 
     def _on_training_end(self) -> None:
+        self._record_update()
         self._pause_and_evaluate()
 
     def _pause_and_evaluate(self) -> None:
@@ -268,6 +322,7 @@ def run_one(spec: RunSpec, root: Path) -> dict:
         "seconds_per_step": recorder.train_seconds / max(model.num_timesteps, 1),
         "peak_return": max(row["eval_return_mean"] for row in recorder.rows),
         "resumed_from_steps": resumed_from,
+        "train_stats": recorder.train_stats(),
     }
     if resumed_from:
         result["resume_note"] = RESUME_NOTE
