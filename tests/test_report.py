@@ -254,3 +254,27 @@ def test_an_algorithms_interval_does_not_depend_on_the_other_runs_in_the_folder(
     pair = probability_of_improvement({"r2vpo": matrices["r2vpo"], "spo": matrices["spo"]}, reps=200)
     more = probability_of_improvement(matrices, reps=200)
     np.testing.assert_array_equal(pair[1]["r2vpo,spo"], more[1]["r2vpo,spo"])
+
+
+def test_multiplier_section_reads_the_update_statistics():
+    from sb3_r2vpo.benchmark.report import multiplier_section
+
+    def stats(at_floor: float, median: float) -> dict:
+        return {
+            "lagrange_multiplier": {"p5": 0.5, "p50": median, "p95": 4.0, "mean": median, "updates": 10},
+            "lagrange_multiplier_at_floor": {"mean": at_floor, "updates": 10},
+            "ratio_variance_final": {"p50": 0.02, "p95": 0.08},
+            "variance_target": {"p50": 0.04},
+        }
+
+    runs = [
+        {"env_id": "CartPole-v1", "algo": "r2vpo", "train_stats": stats(0.2, 1.0)},
+        {"env_id": "CartPole-v1", "algo": "r2vpo", "train_stats": stats(0.6, 3.0)},
+        {"env_id": "CartPole-v1", "algo": "ppo", "train_stats": {"approx_kl": {"p50": 0.01}}},
+        {"env_id": "CartPole-v1", "algo": "r2vpo-matched"},  # made before update statistics were recorded
+    ]
+    lines = multiplier_section(runs)
+    rows = [line for line in lines if line.startswith("| CartPole")]
+    # seeds averaged: at floor (0.2 + 0.6) / 2, λ's median (1 + 3) / 2; V_final/δ = 0.02/0.04 and 0.08/0.04
+    assert rows == ["| CartPole-v1 | r2vpo | 2 | 0.40 | 0.5 | 2 | 4 | 0.50 | 2.00 |"]
+    assert multiplier_section(runs[2:]) == []

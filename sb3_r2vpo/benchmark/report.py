@@ -792,6 +792,54 @@ def write_report(
             f"| {env_id} | {algo} | {1000 * per_step:.2f} | {per_step / median_per_step((env_id, BASELINE)):.2f} | "
             f"{per_step / median_per_step((env_id, OURS)):.2f} |"
         )
+    lines += multiplier_section(runs)
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def multiplier_section(runs: list[dict]) -> list[str]:
+    """
+    How λ behaved, per task and R2VPO algorithm, from the update statistics of result.json (``train_stats``,
+    runs made since they were recorded): the share of updates that ended with λ on its lower bound, λ's
+    5th/50th/95th percentiles, and the final policy's ratio variance over δ (median and 95th percentile). Values
+    are means over the seeds of each run's own statistic.
+    """
+    grouped = defaultdict(list)
+    for run in runs:
+        stats = run.get("train_stats") or {}
+        if "lagrange_multiplier" in stats:
+            grouped[(run["env_id"], run["algo"])].append(stats)
+    if not grouped:
+        return []
+    lines = [
+        "",
+        "## The multiplier λ: how often on its floor, its range, and the ratio variance it allowed",
+        "",
+        "Per update (one rollout's update): λ when it ended; at floor: the share of updates that ended with λ on its "
+        "lower bound; V_final/δ: the variance of the ratio between the updated policy and the rollout's, over the "
+        "whole rollout, relative to the target. Means over seeds of each run's statistic.",
+        "",
+        "| task | algorithm | seeds | at floor | λ p5 | λ p50 | λ p95 | V_final/δ p50 | V_final/δ p95 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mean_of(group: list[dict], key: str, field: str) -> float:
+        values = [stats[key][field] for stats in group if key in stats]
+        return float(np.mean(values)) if values else float("nan")
+
+    def relative(group: list[dict], field: str) -> float:
+        pairs = [
+            stats["ratio_variance_final"][field] / stats["variance_target"]["p50"]
+            for stats in group
+            if "ratio_variance_final" in stats and stats.get("variance_target", {}).get("p50", 0) > 0
+        ]
+        return float(np.mean(pairs)) if pairs else float("nan")
+
+    for (env_id, algo), group in sorted(grouped.items()):
+        lines.append(
+            f"| {env_id} | {algo} | {len(group)} | {mean_of(group, 'lagrange_multiplier_at_floor', 'mean'):.2f} | "
+            + " | ".join(f"{mean_of(group, 'lagrange_multiplier', q):.3g}" for q in ("p5", "p50", "p95"))
+            + f" | {relative(group, 'p50'):.2f} | {relative(group, 'p95'):.2f} |"
+        )
+    return lines
