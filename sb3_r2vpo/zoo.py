@@ -1,14 +1,22 @@
 """
-RL Zoo launcher: registers R2VPO with rl_zoo3, then hands over to rl_zoo3's own scripts.
+RL Zoo launcher: registers R2VPO (and its maskable and recurrent versions) with rl_zoo3, then hands over to
+rl_zoo3's own scripts.
 
     python -m sb3_r2vpo.zoo train --algo r2vpo --env CartPole-v1 -n 20000 -f logs
     python -m sb3_r2vpo.zoo enjoy --algo r2vpo --env CartPole-v1 -f logs --no-render
+    python -m sb3_r2vpo.zoo train --algo r2vpo_lstm --env CartPoleNoVel-v1 -f logs     # RecurrentR2VPO
+    python -m sb3_r2vpo.zoo train --algo r2vpo_mask --env sb3_r2vpo/InvalidActionEnvDiscrete-v0 -f logs
     python -m sb3_r2vpo.zoo train --algo ppo --env CartPole-v1 -f logs      # the zoo's own algorithms too
 
-(also installed as the ``r2vpo-zoo`` console script). Every rl_zoo3 flag works unchanged. With ``--algo r2vpo``
-and no ``-conf``, the hyperparameters come from the packaged ``r2vpo.yml``. ``train`` and ``enjoy`` use one
-PyTorch thread unless ``--num-threads`` (rl_zoo3's flag; -1: PyTorch's default) or ``OMP_NUM_THREADS`` says
-otherwise.
+(also installed as the ``r2vpo-zoo`` console script). Every rl_zoo3 flag works unchanged. The algorithms follow
+the zoo's names (``ppo``, ``ppo_lstm``; sb3-contrib's MaskablePPO would be ``ppo_mask``): ``r2vpo`` is
+:class:`~sb3_r2vpo.R2VPO`, ``r2vpo_lstm`` :class:`~sb3_r2vpo.RecurrentR2VPO`, ``r2vpo_mask``
+:class:`~sb3_r2vpo.MaskableR2VPO`. Without ``-conf``, the hyperparameters come from the packaged ``<algo>.yml``
+(``r2vpo.yml``, ``r2vpo_lstm.yml``, ``r2vpo_mask.yml``). ``train`` and ``enjoy`` use one PyTorch thread unless
+``--num-threads`` (rl_zoo3's flag; -1: PyTorch's default) or ``OMP_NUM_THREADS`` says otherwise.
+
+The zoo's evaluation (``EvalCallback``) and ``enjoy`` call ``predict`` without action masks, for ``r2vpo_mask``
+too (rl_zoo3 2.9 has no maskable algorithm of its own); training collects its rollouts under the env's masks.
 
 rl_zoo3 2.9 has no plugin hook; this follows its SBX guide: add the algorithm to ``rl_zoo3.ALGOS`` (and the
 Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments. rl_zoo3 turns only its own
@@ -23,14 +31,32 @@ import difflib
 import inspect
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sb3_r2vpo.presets import R2VPO_SCHEDULABLE_KEYS, check_env_id, hyperparams_path, load_hyperparams, parse_schedule
+from sb3_r2vpo.presets import R2VPO_SCHEDULABLE_KEYS, check_env_id, load_hyperparams, parse_schedule
 from sb3_r2vpo.r2vpo import R2VPO
 from sb3_r2vpo.r2vpo.r2vpo import PPO_ONLY_ARGUMENTS
 
 ALGO_NAME = "r2vpo"
+#: The zoo names of the package's algorithms (the zoo's pattern: ``ppo``, ``ppo_lstm``, ``ppo_mask``), each with its
+#: class (as ``module:attribute``; the contrib ones import sb3_contrib) and its packaged hyperparameter file.
+ALGORITHMS = {
+    ALGO_NAME: "sb3_r2vpo.r2vpo:R2VPO",
+    "r2vpo_lstm": "sb3_r2vpo.r2vpo_recurrent:RecurrentR2VPO",
+    "r2vpo_mask": "sb3_r2vpo.r2vpo_mask:MaskableR2VPO",
+}
+# The algorithms rl_zoo3's -optimize can tune (R2VPO's sampler; it tries replay, which RecurrentR2VPO refuses).
+OPTIMIZABLE = (ALGO_NAME, "r2vpo_mask")
+# A masked task for r2vpo_mask in the zoo (gymnasium ids need a registered env): sb3-contrib's invalid-action test
+# env as its performance test sizes it (70 actions, 55 of them masked at every step; MaskablePPO reaches 90 of 100).
+MASKED_ENVS = {
+    "sb3_r2vpo/InvalidActionEnvDiscrete-v0": (
+        "sb3_contrib.common.envs:InvalidActionEnvDiscrete",
+        {"dim": 70, "n_invalid_actions": 55},
+    ),
+}
 SCRIPTS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
 # Keys rl_zoo3 consumes itself before building the model (exp_manager._preprocess_hyperparams).
 ZOO_KEYS = frozenset(
@@ -53,22 +79,48 @@ class ZooConfigError(ValueError):
     """A zoo hyperparameter file that R2VPO cannot use; the message names the file, entry and key."""
 
 
+def algorithm_class(algo: str) -> type:
+    """The class of a zoo algorithm name of :data:`ALGORITHMS` (``r2vpo_mask`` → :class:`~sb3_r2vpo.MaskableR2VPO`)."""
+    import importlib
+
+    module, name = ALGORITHMS[algo].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def packaged_hyperparams(algo: str = ALGO_NAME) -> Path:
+    """Path of an algorithm's packaged hyperparameter file, ``<algo>.yml`` (from a wheel as from a checkout)."""
+    return Path(str(resources.files("sb3_r2vpo.hyperparams").joinpath(f"{algo}.yml")))
+
+
+def register_envs() -> None:
+    """Register the masked tasks of :data:`MASKED_ENVS` with gymnasium (idempotent)."""
+    import gymnasium as gym
+
+    for env_id, (entry_point, kwargs) in MASKED_ENVS.items():
+        if env_id not in gym.envs.registry:
+            gym.register(env_id, entry_point=entry_point, kwargs=kwargs)
+
+
 def register() -> None:
     """
-    Make ``r2vpo`` a zoo algorithm: add :class:`R2VPO` to ``rl_zoo3.ALGOS`` and its Optuna sampler to
-    ``rl_zoo3.hyperparams_opt``. Call it before driving rl_zoo3 from Python; it is idempotent.
+    Make ``r2vpo``, ``r2vpo_lstm`` and ``r2vpo_mask`` zoo algorithms: add their classes to ``rl_zoo3.ALGOS``, the
+    Optuna sampler of R2VPO to ``rl_zoo3.hyperparams_opt`` (for ``r2vpo`` and ``r2vpo_mask``), and the masked tasks
+    to gymnasium. Call it before driving rl_zoo3 from Python; it is idempotent.
     """
     import rl_zoo3
     from rl_zoo3 import hyperparams_opt
 
-    rl_zoo3.ALGOS[ALGO_NAME] = R2VPO
+    for algo in ALGORITHMS:
+        rl_zoo3.ALGOS[algo] = algorithm_class(algo)
+    register_envs()
     _convert_r2vpo_schedules_in_zoo()
     try:
         from sb3_r2vpo.search_space import convert_r2vpo_params, sample_r2vpo_params
     except ImportError:  # optuna not installed: training and enjoying still work
         return
-    hyperparams_opt.HYPERPARAMS_SAMPLER[ALGO_NAME] = sample_r2vpo_params
-    hyperparams_opt.HYPERPARAMS_CONVERTER[ALGO_NAME] = convert_r2vpo_params
+    for algo in OPTIMIZABLE:
+        hyperparams_opt.HYPERPARAMS_SAMPLER[algo] = sample_r2vpo_params
+        hyperparams_opt.HYPERPARAMS_CONVERTER[algo] = convert_r2vpo_params
 
 
 def convert_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
@@ -100,20 +152,23 @@ def _convert_r2vpo_schedules_in_zoo() -> None:
     ExperimentManager._preprocess_schedules = staticmethod(preprocess_schedules)
 
 
-def constructor_arguments() -> frozenset[str]:
-    """Names R2VPO's constructor takes, as a zoo entry may set them."""
-    return frozenset(name for name in inspect.signature(R2VPO.__init__).parameters if name not in ("self", "env"))
+def constructor_arguments(algo_class: type = R2VPO) -> frozenset[str]:
+    """Names an algorithm's constructor takes (R2VPO's by default), as a zoo entry may set them."""
+    return frozenset(name for name in inspect.signature(algo_class.__init__).parameters if name not in ("self", "env"))
 
 
-def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
+def check_entry(config: str | Path, env_id: str, algo: str = ALGO_NAME) -> dict[str, Any]:
     """
-    Validate the zoo entry R2VPO would be trained with, before rl_zoo3 builds anything.
+    Validate the zoo entry an algorithm of the package would be trained with, before rl_zoo3 builds anything.
 
     :param config: YAML hyperparameter file in rl_zoo3's format
     :param env_id: The ``--env`` id (Atari ids fall back to the ``atari`` entry, as in the zoo)
+    :param algo: The zoo name of the algorithm (a key of :data:`ALGORITHMS`)
     :return: The entry
     :raises ZooConfigError: naming the file, the entry and the offending key
     """
+    algo_class = algorithm_class(algo)
+    name_of_class = algo_class.__name__
     try:
         data = load_hyperparams(config)
     except ValueError as error:
@@ -127,14 +182,16 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
     entry = data[name]
     if not isinstance(entry, dict):
         raise ZooConfigError(f"{config}: entry {name!r} must be a mapping of hyperparameters, got {type(entry).__name__}")
-    allowed = constructor_arguments() | ZOO_KEYS
+    allowed = constructor_arguments(algo_class) | ZOO_KEYS
     for key in entry:
         if key in PPO_ONLY_ARGUMENTS:
-            raise ZooConfigError(f"{config}: entry {name!r}: R2VPO takes no argument {key!r}: {PPO_ONLY_ARGUMENTS[key]}")
+            raise ZooConfigError(
+                f"{config}: entry {name!r}: {name_of_class} takes no argument {key!r}: {PPO_ONLY_ARGUMENTS[key]}"
+            )
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ZooConfigError(f"{config}: entry {name!r}: R2VPO takes no argument {key!r}{hint}")
+            raise ZooConfigError(f"{config}: entry {name!r}: {name_of_class} takes no argument {key!r}{hint}")
     try:
         convert_schedules(dict(entry))
     except ValueError as error:
@@ -143,7 +200,7 @@ def check_entry(config: str | Path, env_id: str) -> dict[str, Any]:
 
 
 def _prepare_train_argv(argv: list[str]) -> list[str]:
-    """Add the packaged config for ``--algo r2vpo`` and check the env id and the entry up front."""
+    """Add the packaged config for the package's algorithms and check the env id and the entry up front."""
     import rl_zoo3.import_envs  # noqa: F401  (registers the extra envs the zoo knows)
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -151,6 +208,7 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("-conf", "--conf-file", default=None)
     parser.add_argument("--gym-packages", nargs="+", default=[])
+    parser.add_argument("-optimize", "--optimize-hyperparameters", action="store_true", default=False)
     known, _ = parser.parse_known_args(argv)
     for module in known.gym_packages:
         __import__(module)
@@ -158,14 +216,19 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
         check_env_id(known.env)
     except ValueError as error:
         raise ZooConfigError(str(error)) from None
-    if known.algo != ALGO_NAME:
+    if known.algo not in ALGORITHMS:
         return argv
+    if known.optimize_hyperparameters and known.algo not in OPTIMIZABLE:
+        raise ZooConfigError(
+            f"-optimize has no search space for {known.algo!r} (R2VPO's tries replay_rollouts > 0, which "
+            f"RecurrentR2VPO refuses); it tunes {' and '.join(OPTIMIZABLE)}"
+        )
     config = known.conf_file
     if config is None:
-        config = str(hyperparams_path())
+        config = str(packaged_hyperparams(known.algo))
         argv = [*argv, "--conf-file", config]
     if config.endswith((".yml", ".yaml")):
-        check_entry(config, known.env)
+        check_entry(config, known.env, known.algo)
     return argv
 
 
