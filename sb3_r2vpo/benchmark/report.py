@@ -801,9 +801,9 @@ def write_report(
 def multiplier_section(runs: list[dict]) -> list[str]:
     """
     How λ behaved, per task and R2VPO algorithm, from the update statistics of result.json (``train_stats``,
-    runs made since they were recorded): the share of updates that ended with λ on its lower bound, λ's
-    5th/50th/95th percentiles, and the final policy's ratio variance over δ (median and 95th percentile). Values
-    are means over the seeds of each run's own statistic.
+    runs made since they were recorded): the share of dual steps that left λ on its lower bound, the 5th/50th/95th
+    percentiles of λ at the end of each update, and the final policy's ratio variance over δ (median and 95th
+    percentile). Values are means over the seeds of each run's own statistic.
     """
     grouped = defaultdict(list)
     for run in runs:
@@ -816,9 +816,10 @@ def multiplier_section(runs: list[dict]) -> list[str]:
         "",
         "## The multiplier λ: how often on its floor, its range, and the ratio variance it allowed",
         "",
-        "Per update (one rollout's update): λ when it ended; at floor: the share of updates that ended with λ on its "
-        "lower bound; V_final/δ: the variance of the ratio between the updated policy and the rollout's, over the "
-        "whole rollout, relative to the target. Means over seeds of each run's statistic.",
+        "λ: its value at the end of each update (one per rollout); at floor: the share of dual steps (per minibatch, "
+        "epoch or rollout, as `dual_update_frequency` says) that left λ on its lower bound; V_final/δ: the variance "
+        "of the ratio between the updated policy and the rollout's, over the whole rollout, relative to the target. "
+        "Means over seeds of each run's statistic.",
         "",
         "| task | algorithm | seeds | at floor | λ p5 | λ p50 | λ p95 | V_final/δ p50 | V_final/δ p95 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -148,8 +148,8 @@ class CurveRecorder(BaseCallback):
     def train_stats(self) -> dict[str, dict[str, float]]:
         """
         Per logged key, over the run's updates: ``updates`` (how many), ``mean`` and the 5th/50th/95th
-        percentiles; for R2VPO also ``lagrange_multiplier_at_floor.mean``, the fraction of updates that ended
-        with λ on its lower bound.
+        percentiles; for R2VPO ``lagrange_multiplier_at_floor.mean`` is the share of dual steps that left λ on
+        its lower bound (each update logs the share of its own).
         """
         return {
             key: {
