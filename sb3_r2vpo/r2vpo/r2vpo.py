@@ -53,6 +53,10 @@ class R2VPO(R2VPOMixin, OnPolicyAlgorithm):
     Paper (abstract only was available; the formulation is derived from the stated constrained problem):
     Luo et al., "R²VPO", arXiv 2605.26784 (ICML 2026).
 
+    The method itself (checks, λ, the training loop, replay, save/load, logs) is :class:`~sb3_r2vpo.r2vpo.mixin.R2VPOMixin`,
+    shared with :class:`~sb3_r2vpo.MaskableR2VPO` and :class:`~sb3_r2vpo.RecurrentR2VPO`; this class puts it on SB3's
+    ``OnPolicyAlgorithm`` and its actor-critic policies.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
