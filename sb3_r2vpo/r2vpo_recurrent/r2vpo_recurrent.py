@@ -69,7 +69,8 @@ class RecurrentR2VPO(R2VPOMixin, RecurrentPPO):
     :param ent_coef: Entropy coefficient for the loss calculation
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping
-    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE); with an LSTM it kept the brake
+        from working on PendulumNoVel-v1 (see the README)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
     :param target_kl: Stop the epoch loop early when the approximate KL exceeds ``1.5 * target_kl``
     :param variance_stop: κ ≥ 1: stop the epoch loop when a minibatch's ratio variance exceeds ``κ · δ``
