@@ -272,6 +272,7 @@ def test_multiplier_section_reads_the_update_statistics():
         {"env_id": "CartPole-v1", "algo": "r2vpo", "train_stats": stats(0.6, 3.0)},
         {"env_id": "CartPole-v1", "algo": "ppo", "train_stats": {"approx_kl": {"p50": 0.01}}},
         {"env_id": "CartPole-v1", "algo": "r2vpo-matched"},  # made before update statistics were recorded
+        {"env_id": "CartPole-v1", "algo": "spo", "train_stats": stats(1.0, 9.0)},  # R2VPO's class, λ unused
     ]
     lines = multiplier_section(runs)
     rows = [line for line in lines if line.startswith("| CartPole")]

@@ -808,7 +808,8 @@ def multiplier_section(runs: list[dict]) -> list[str]:
     grouped = defaultdict(list)
     for run in runs:
         stats = run.get("train_stats") or {}
-        if "lagrange_multiplier" in stats:
+        # SPO is built on R2VPO's class and logs a λ it never uses: only R2VPO and its variants are shown.
+        if "lagrange_multiplier" in stats and run["algo"].startswith(OURS):
             grouped[(run["env_id"], run["algo"])].append(stats)
     if not grouped:
         return []
