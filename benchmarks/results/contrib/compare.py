@@ -3,6 +3,8 @@ MaskableR2VPO vs MaskablePPO and RecurrentR2VPO vs RecurrentPPO, side by side: s
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/contrib/compare.py            # everything, seeds 0 1 2
     .venv/bin/python benchmarks/results/contrib/compare.py --tasks CartPoleNoVel-v1 --seeds 0
+    .venv/bin/python benchmarks/results/contrib/compare.py --seeds 3 4 5 --out benchmarks/results/contrib/fresh \
+        --tasks InvalidActionEnvDiscrete PendulumNoVel-v1 --algos MaskablePPO MaskableR2VPO RecurrentPPO RecurrentR2VPO
 
 Tasks (one process, one PyTorch thread; a finished run's JSON is kept, so a rerun continues where it stopped):
 
@@ -221,12 +223,17 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument(
+        "--algos", nargs="+", default=None, help="only these algorithm names of ALGORITHMS (default: all of each task)"
+    )
     args = parser.parse_args()
     th.set_num_threads(1)
     results = []
     for task in args.tasks:
         for seed in args.seeds:
             for algo in ALGORITHMS[task]:
+                if args.algos is not None and algo not in args.algos:
+                    continue
                 results.append(run(task, algo, seed, args.out))
     summarise(results, args.out)
 
