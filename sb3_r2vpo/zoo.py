@@ -157,15 +157,19 @@ def constructor_arguments(algo_class: type = R2VPO) -> frozenset[str]:
     return frozenset(name for name in inspect.signature(algo_class.__init__).parameters if name not in ("self", "env"))
 
 
-def check_entry(config: str | Path, env_id: str, algo: str = ALGO_NAME) -> dict[str, Any]:
+def check_entry(
+    config: str | Path, env_id: str, algo: str = ALGO_NAME, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """
-    Validate the zoo entry an algorithm of the package would be trained with, before rl_zoo3 builds anything.
+    Validate the zoo entry an algorithm of the package would be trained with, before rl_zoo3 builds anything:
+    its keys, and the values of the algorithm's own arguments (ranges and types, by the constructor's checks).
 
     :param config: YAML hyperparameter file in rl_zoo3's format
     :param env_id: The ``--env`` id (Atari ids fall back to the ``atari`` entry, as in the zoo)
     :param algo: The zoo name of the algorithm (a key of :data:`ALGORITHMS`)
-    :return: The entry
-    :raises ZooConfigError: naming the file, the entry and the offending key
+    :param overrides: The ``-params key:value`` overrides, as rl_zoo3 parses them (checked with the entry)
+    :return: The entry (without the overrides)
+    :raises ZooConfigError: naming the file, the entry and the offending key or value
     """
     algo_class = algorithm_class(algo)
     name_of_class = algo_class.__name__
@@ -182,26 +186,33 @@ def check_entry(config: str | Path, env_id: str, algo: str = ALGO_NAME) -> dict[
     entry = data[name]
     if not isinstance(entry, dict):
         raise ZooConfigError(f"{config}: entry {name!r} must be a mapping of hyperparameters, got {type(entry).__name__}")
+    checked = {**entry, **(overrides or {})}
+    where = f"{config}: entry {name!r}"
+    if overrides:
+        where += f" with -params {' '.join(f'{key}:{value!r}' for key, value in overrides.items())}"
     allowed = constructor_arguments(algo_class) | ZOO_KEYS
-    for key in entry:
+    for key in checked:
         if key in PPO_ONLY_ARGUMENTS:
-            raise ZooConfigError(
-                f"{config}: entry {name!r}: {name_of_class} takes no argument {key!r}: {PPO_ONLY_ARGUMENTS[key]}"
-            )
+            raise ZooConfigError(f"{where}: {name_of_class} takes no argument {key!r}: {PPO_ONLY_ARGUMENTS[key]}")
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ZooConfigError(f"{config}: entry {name!r}: {name_of_class} takes no argument {key!r}{hint}")
+            raise ZooConfigError(f"{where}: {name_of_class} takes no argument {key!r}{hint}")
+    arguments = {key: value for key, value in checked.items() if key not in ZOO_KEYS}
     try:
-        convert_schedules(dict(entry))
-    except ValueError as error:
-        raise ZooConfigError(f"{config}: entry {name!r}: {error}") from None
+        convert_schedules(arguments)
+        if isinstance(arguments.get("clip_range_vf"), str):  # rl_zoo3 converts this one itself, later
+            arguments["clip_range_vf"] = parse_schedule("clip_range_vf", arguments["clip_range_vf"])
+        algo_class.check_arguments(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ZooConfigError(f"{where}: {error}") from None
     return entry
 
 
 def _prepare_train_argv(argv: list[str]) -> list[str]:
     """Add the packaged config for the package's algorithms and check the env id and the entry up front."""
     import rl_zoo3.import_envs  # noqa: F401  (registers the extra envs the zoo knows)
+    from rl_zoo3.utils import StoreDict
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--algo", default="ppo")
@@ -209,6 +220,7 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
     parser.add_argument("-conf", "--conf-file", default=None)
     parser.add_argument("--gym-packages", nargs="+", default=[])
     parser.add_argument("-optimize", "--optimize-hyperparameters", action="store_true", default=False)
+    parser.add_argument("-params", "--hyperparams", type=str, nargs="+", action=StoreDict, default=None)
     known, _ = parser.parse_known_args(argv)
     for module in known.gym_packages:
         __import__(module)
@@ -228,7 +240,7 @@ def _prepare_train_argv(argv: list[str]) -> list[str]:
         config = str(packaged_hyperparams(known.algo))
         argv = [*argv, "--conf-file", config]
     if config.endswith((".yml", ".yaml")):
-        check_entry(config, known.env, known.algo)
+        check_entry(config, known.env, known.algo, known.hyperparams)
     return argv
 
 

@@ -297,7 +297,8 @@ class _NoCallback:
 
 
 def test_without_masks_env_needs_use_masking_false():
-    model = MaskableR2VPO("MlpPolicy", IdentityEnv(3), **SMALL)
+    with pytest.warns(UserWarning, match=r"`env`: .* has no action masks .* need use_masking=False"):
+        model = MaskableR2VPO("MlpPolicy", IdentityEnv(3), **SMALL)
     with pytest.raises(ValueError, match="does not support action masking"):
         model.learn(64)
     model.learn(64, use_masking=False)

@@ -168,6 +168,7 @@ def test_multiplier_rises_above_target_and_falls_below(mode, frequency):
         dual_update_frequency=frequency,
         dual_step_size=0.05 if mode == "multiplicative" else 20.0,
         lagrange_multiplier_min=1e-4,
+        lagrange_multiplier_floor=None,  # the pure dual ascent: on the default floor λ cannot fall below λ*/2
         n_steps=64,
         batch_size=32,
         n_epochs=6,

@@ -87,7 +87,8 @@ def ratios(model: R2VPO, weights: dict, samples) -> th.Tensor:
     return th.exp(th.clamp(log_prob - samples.old_log_prob, -model.log_ratio_guard, model.log_ratio_guard))
 
 
-def variance_of(ratio: th.Tensor, center: str = "mean") -> float:
+def variance_of(ratio: th.Tensor, center: str) -> float:
+    """The ratio variance written out here, about the model's centre (``model.variance_center``)."""
     ratio = ratio.double()
     reference = ratio.mean() if center == "mean" else 1.0
     return float(((ratio - reference) ** 2).mean())
@@ -301,7 +302,8 @@ def test_each_dual_step_takes_the_variance_of_its_minibatch_before_the_step(case
     model = attach(Tap("MlpPolicy", "CartPole-v1", **{**kwargs, **DUAL_CASES[case]}), recorder)
     model.learn(64 * 2)
     assert len(model.drawn) == 2 * 4 * 2
-    variances = [variance_of(ratios(model, drawn["weights"], drawn["samples"])) for drawn in model.drawn]
+    centre = model.variance_center
+    variances = [variance_of(ratios(model, drawn["weights"], drawn["samples"]), centre) for drawn in model.drawn]
     assert max(variances) > 0.0
     expected = None
     for index, drawn in enumerate(model.drawn):
@@ -354,7 +356,8 @@ def test_epoch_dual_step_takes_the_mean_of_the_epoch_minibatch_variances():
         assert epoch[0]["multiplier"] == pytest.approx(expected, rel=1e-6)
         assert all(drawn["multiplier"] == epoch[0]["multiplier"] for drawn in epoch)
         # ... and steps once after it, on the mean of its minibatches' variances before their steps.
-        mean = np.mean([variance_of(ratios(model, drawn["weights"], drawn["samples"])) for drawn in epoch])
+        centre = model.variance_center
+        mean = np.mean([variance_of(ratios(model, drawn["weights"], drawn["samples"]), centre) for drawn in epoch])
         expected = multiplier_after(model, expected, float(mean), 2e-3)
     assert model.lagrange_multiplier == pytest.approx(expected, rel=1e-6)
     assert len({drawn["multiplier"] for drawn in model.drawn}) == 3

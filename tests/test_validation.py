@@ -228,3 +228,16 @@ def test_a_schedule_string_for_clip_range_vf_says_what_is_accepted():
     """PPO refuses "lin_0.2" too (only the zoo turns it into a schedule); the message must name schedules."""
     with pytest.raises(TypeError, match=r"a number, a schedule .* or None, got str \(a 'lin_<value>' string"):
         R2VPO("MlpPolicy", "CartPole-v1", clip_range_vf="lin_0.2")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "policy", "owner"),
+    [("R2VPO", "MlpLstmPolicy", "RecurrentR2VPO's"), ("RecurrentR2VPO", "MlpPolicy", "R2VPO and MaskableR2VPO's")],
+)
+def test_a_policy_of_another_class_is_named_with_its_class(algorithm, policy, owner):
+    """Found by a fresh-user check: SB3 says only 'Policy X unknown'."""
+    import sb3_r2vpo
+
+    message = rf"`policy`: {algorithm} has no policy '{policy}'; it takes .*; '{policy}' is {owner}"
+    with pytest.raises(ValueError, match=message):
+        getattr(sb3_r2vpo, algorithm)(policy, "CartPole-v1")

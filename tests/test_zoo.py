@@ -133,6 +133,34 @@ def test_unknown_key_names_file_entry_and_key(tmp_path):
         check_entry(config, "CartPole-v1")
 
 
+@pytest.mark.parametrize(
+    ("algo", "env_id", "entry", "params", "message"),
+    [
+        ("r2vpo", "CartPole-v1", "  variance_target: -1\n", [], r"`variance_target` must be a finite number > 0, got -1"),
+        ("r2vpo", "CartPole-v1", "  n_envs: 2\n", ["variance_target:-1"], r"with -params variance_target:-1: "),
+        ("r2vpo", "CartPole-v1", "  lagrange_multiplier_floor: 2\n", [], r"`lagrange_multiplier_floor` must be .* 1.0\]"),
+        ("r2vpo", "CartPole-v1", "  clip_range_vf: lin_0\n", [], r"`clip_range_vf\(1.0\)` must be"),
+        ("r2vpo_mask", "sb3_r2vpo/InvalidActionEnvDiscrete-v0", "  batch_size: 1\n", [], r"`batch_size` must be >= 2"),
+        ("r2vpo_lstm", "CartPoleNoVel-v1", "  n_envs: 2\n", ["replay_rollouts:2"], r"RecurrentR2VPO takes no"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_before_anything_is_written(tmp_path, algo, env_id, entry, params, message):
+    """Found by a fresh-user check: values (not only keys) of an entry or of -params are checked up front."""
+    config = tmp_path / "mine.yml"
+    config.write_text(f"{env_id}:\n{entry}")
+    logs = tmp_path / "logs"
+    argv = ["train", "--algo", algo, "--env", env_id, "-conf", str(config), "-f", str(logs)]
+    with pytest.raises(SystemExit, match=r"mine.yml: entry .*" + message):
+        main(argv + (["-params", *params] if params else []))
+    assert not logs.exists(), "nothing (no Monitor file, no log folder) may be written before the check"
+
+
+def test_a_valid_schedule_in_an_entry_passes_the_value_check(tmp_path):
+    config = tmp_path / "mine.yml"
+    config.write_text("CartPole-v1:\n  variance_target: lin_0.04\n  clip_range_vf: lin_0.2\n")
+    assert check_entry(config, "CartPole-v1")["variance_target"] == "lin_0.04"
+
+
 def test_malformed_yaml_and_missing_entry(tmp_path):
     config = tmp_path / "broken.yml"
     config.write_text("CartPole-v1:\n  n_envs: [2\n")

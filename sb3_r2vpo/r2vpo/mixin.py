@@ -35,6 +35,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
@@ -377,6 +378,20 @@ class R2VPOMixin:
                     f"[{lagrange_multiplier_min}, {lagrange_multiplier_max}], got {initial_lagrange_multiplier}"
                 )
 
+    @classmethod
+    def check_arguments(cls, **arguments: Any) -> None:
+        """
+        Check constructor arguments without building anything: what the zoo launcher runs on an entry before
+        rl_zoo3 makes a single env. Arguments not given take the constructor's defaults.
+
+        :param arguments: Constructor arguments by name (schedules as callables); names this check does not cover
+            (``policy_kwargs``, ``learning_rate``, ...) are ignored
+        :raises ValueError: A value out of its range, naming the argument and the range (as the constructor)
+        :raises TypeError: A value of the wrong type (as the constructor)
+        """
+        merged = {**constructor_defaults(cls), **arguments}
+        cls._validate_arguments(**{name: merged[name] for name in _VALIDATED_ARGUMENTS})
+
     def _validate_construction(
         self,
         n_steps: int,
@@ -409,6 +424,23 @@ class R2VPOMixin:
         env = maybe_make_env(env, verbose)
         self._check_action_space(env.action_space)
         return env
+
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's lookup of a policy alias, with an error that lists this class's aliases and names the class that has it."""
+        if policy_name in self.policy_aliases:
+            return self.policy_aliases[policy_name]
+        import sb3_r2vpo  # the three classes; imported here, since they import this module
+
+        owners = [
+            cls.algorithm_name
+            for cls in (sb3_r2vpo.R2VPO, sb3_r2vpo.MaskableR2VPO, sb3_r2vpo.RecurrentR2VPO)
+            if policy_name in cls.policy_aliases
+        ]
+        hint = f"; {policy_name!r} is {' and '.join(owners)}'s" if owners else ""
+        raise ValueError(
+            f"`policy`: {self.algorithm_name} has no policy {policy_name!r}; it takes {', '.join(self.policy_aliases)} "
+            f"or a policy class{hint}"
+        )
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.r2vpo_action_spaces):

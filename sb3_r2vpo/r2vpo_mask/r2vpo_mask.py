@@ -1,8 +1,10 @@
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.utils import is_masking_supported
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -167,6 +169,22 @@ class MaskableR2VPO(R2VPOMixin, MaskablePPO):
         )
         if _init_setup_model:
             self._setup_model()
+
+    def _make_env(self, env: GymEnv | str | None, verbose: int) -> GymEnv | None:
+        """
+        The env as :class:`R2VPOMixin` makes it; one without action masks is accepted, as MaskablePPO accepts it
+        (``learn(use_masking=False)`` trains on it), but warned about at construction rather than at ``learn``.
+        """
+        env = super()._make_env(env, verbose)
+        if env is not None and not is_masking_supported(env):
+            warnings.warn(
+                f"`env`: {env} has no action masks (no `action_masks()` method): {self.algorithm_name}.learn() will "
+                "need use_masking=False. Wrap it with sb3_contrib.common.wrappers.ActionMasker(env, mask_fn), or use "
+                "R2VPO for a task without invalid actions",
+                UserWarning,
+                stacklevel=3,
+            )
+        return env
 
     def _evaluate_actions(self, rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """The maskable policy's ``evaluate_actions`` under each sample's action mask."""
