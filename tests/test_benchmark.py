@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +32,7 @@ from sb3_r2vpo.benchmark.report import (
     write_report,
 )
 from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_one
+from sb3_r2vpo.r2vpo.r2vpo import R2VPO_DEFAULTS
 
 
 def test_runner_writes_curves_and_report(tmp_path, capsys):
@@ -85,6 +87,21 @@ def test_runner_writes_curves_and_report(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "'steps': 1024" in error and "'steps': 4096" in error and "another --out" in error
     assert [run["steps"] for run in load_runs(out)] == [1024] * 8
+
+    # Every constructor argument is recorded, defaults included; a run made under another default (here as if
+    # R2VPO's floor had been 0.25 then) is neither passed off as a run of today's R2VPO nor trained over.
+    cartpole = out / "runs" / "CartPole-v1" / "r2vpo" / "seed0" / "result.json"
+    result = json.loads(cartpole.read_text())
+    assert result["arguments"]["lagrange_multiplier_floor"] == R2VPO_DEFAULTS["lagrange_multiplier_floor"]
+    assert result["arguments"]["variance_target"] == 0.01 and result["arguments"]["n_steps"] == 32  # the entry's
+    assert "seed" not in result["arguments"] and "env" not in result["arguments"]
+    result["arguments"]["lagrange_multiplier_floor"] = 0.25
+    cartpole.write_text(json.dumps(result))
+    with pytest.raises(SystemExit):
+        main(["run", *args, "--eval-points", "2", "--eval-episodes", "2", "--out", str(out)])
+    error = capsys.readouterr().err
+    assert f"lagrange_multiplier_floor: 0.25 then, {R2VPO_DEFAULTS['lagrange_multiplier_floor']!r} now" in error
+    assert "another --out" in error and json.loads(cartpole.read_text()) == result
 
 
 def test_killed_run_restarts_cleanly(tmp_path):
@@ -338,3 +355,40 @@ def test_variants_run_side_by_side_and_the_report_names_them(tmp_path):
     report = (tmp_path / "report" / "REPORT.md").read_text()
     for name in ("r2vpo[dual_update=linear,variance_target=0.02]", "r2vpo[variance_target=0.1]"):
         assert f"| {name} |" in report
+
+
+def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
+    """benchmarks/variants/name_former_defaults.py: old R2VPO runs move to the variant that states their defaults."""
+    import importlib.util
+
+    from sb3_r2vpo.benchmark.algorithms import configure
+
+    path = Path(__file__).parents[1] / "benchmarks" / "variants" / "name_former_defaults.py"
+    spec = importlib.util.spec_from_file_location("name_former_defaults", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def write(algo: str, folder: str, **extra) -> Path:
+        seed = tmp_path / "runs" / "CartPole-v1" / folder / "seed0"
+        seed.mkdir(parents=True)
+        (seed / "result.json").write_text(json.dumps({"algo": algo, "env_id": "CartPole-v1", "seed": 0, **extra}))
+        return seed
+
+    write("r2vpo", "r2vpo")
+    write("r2vpo[lagrange_multiplier_floor=0.5]", "r2vpo[lagrange_multiplier_floor=0.5]", overrides={"x": 1})
+    write("ppo", "ppo")
+    recorded = write("r2vpo", "r2vpo-recorded", arguments={"lagrange_multiplier_floor": 0.5})
+    moved = script.rename(tmp_path, dry_run=False)
+    names = sorted(new.parent.name for _, new in moved)
+    assert names == [
+        "r2vpo[lagrange_multiplier_floor=0.5,variance_center=mean]",
+        "r2vpo[lagrange_multiplier_floor=null,variance_center=mean]",
+    ]
+    assert not (tmp_path / "runs" / "CartPole-v1" / "r2vpo").exists() and recorded.exists()
+    assert (tmp_path / "runs" / "CartPole-v1" / "ppo" / "seed0").exists()
+    for _, new in moved:
+        result = json.loads((new / "result.json").read_text())
+        assert result["algo"] == new.parent.name and result["overrides"]["variance_center"] == "mean"
+        arguments = configure(result["algo"], "CartPole-v1").arguments()  # the runner reads the name back
+        assert arguments["variance_center"] == "mean"
+    assert script.rename(tmp_path, dry_run=False) == []  # a second pass finds nothing left to name

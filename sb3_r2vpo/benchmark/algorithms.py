@@ -103,11 +103,16 @@ class RunConfig:
         default = constructor_parameters(self.algorithm)["n_steps"].default
         return int({**self.preset.model_kwargs, **self.overrides}.get("n_steps", default)) * self.preset.n_envs
 
-    def effective(self) -> tuple:
-        """The constructor's arguments with its defaults filled in, and how the env is built: equal means same run."""
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's arguments as this run builds the model: its defaults, then the entry, then the overrides."""
         parameters = constructor_parameters(self.algorithm)
         defaults = {name: value.default for name, value in parameters.items() if value.default is not inspect.Parameter.empty}
         kwargs = {**defaults, **self.preset.model_kwargs, **self.overrides}
+        return {name: value for name, value in kwargs.items() if name not in _RUNNER_ARGUMENTS}
+
+    def effective(self) -> tuple:
+        """The constructor's arguments with its defaults filled in, and how the env is built: equal means same run."""
+        kwargs = self.arguments()
         return (
             self.algorithm,
             self.preset.n_envs,

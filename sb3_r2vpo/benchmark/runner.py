@@ -313,6 +313,7 @@ def run_one(spec: RunSpec, root: Path) -> dict:
         **spec.settings(),
         "entry": config.entry,
         "overrides": {key: _jsonable(value) for key, value in parse_variant(spec.algo)[1].items()},
+        "arguments": recorded_arguments(config),
         "protocol": PROTOCOL,
         "env_steps": int(model.num_timesteps),
         # The step-0 evaluation is left out; with fewer than 3 later ones, the final is the mean of those.
@@ -431,6 +432,15 @@ def _jsonable(value):
     return value if isinstance(value, (int, float, str, bool, list, type(None))) else repr(value)
 
 
+def recorded_arguments(config) -> dict:
+    """
+    Every constructor argument of a run's model, library defaults included, as result.json records it (schedules
+    and classes by their repr): a later change of a default cannot pass an old run off as a run of the new one.
+    """
+    arguments = {name: _jsonable(value) for name, value in sorted(config.arguments().items())}
+    return json.loads(json.dumps(arguments))  # as read back from result.json (tuples become lists)
+
+
 def is_finished(spec: RunSpec, root: Path) -> bool:
     """
     Whether ``spec`` has a finished run under ``root``.
@@ -450,6 +460,21 @@ def is_finished(spec: RunSpec, root: Path) -> bool:
             f"{spec.folder(root)} holds a finished run made with {made_with}, but this run asks for {asked}; "
             "pass another --out to keep both"
         )
+    if "arguments" in recorded:  # runs from before this record cannot be checked
+        from sb3_r2vpo.benchmark.algorithms import configure
+
+        then, now = recorded["arguments"], recorded_arguments(configure(spec.algo, spec.env_id))
+        changed = [
+            f"{name}: {then.get(name)!r} then, {now.get(name)!r} now"
+            for name in sorted({*then, *now})
+            if then.get(name) != now.get(name)
+        ]
+        if changed:
+            raise ValueError(
+                f"{spec.folder(root)} holds a finished run of {spec.algo} made with other constructor arguments than "
+                f"{spec.algo} has now ({'; '.join(changed)}): a library default or the entry changed since. Pass "
+                "another --out, or name the old run by its arguments (a variant folder) to keep both"
+            )
     return True
 
 
