@@ -241,3 +241,27 @@ def test_a_policy_of_another_class_is_named_with_its_class(algorithm, policy, ow
     message = rf"`policy`: {algorithm} has no policy '{policy}'; it takes .*; '{policy}' is {owner}"
     with pytest.raises(ValueError, match=message):
         getattr(sb3_r2vpo, algorithm)(policy, "CartPole-v1")
+
+
+def test_a_model_file_of_another_class_is_refused_at_load_naming_the_class(tmp_path):
+    """Found by a fresh-user check: R2VPO.load on a MaskableR2VPO file failed on `use_sde`, deep inside SB3."""
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+
+    from sb3_r2vpo import MaskableR2VPO, RecurrentR2VPO
+
+    saved = {
+        "MaskableR2VPO": MaskableR2VPO("MlpPolicy", InvalidActionEnvDiscrete(dim=4, n_invalid_actions=1), n_steps=32),
+        "RecurrentR2VPO": RecurrentR2VPO("MlpLstmPolicy", "CartPole-v1", n_steps=32, batch_size=32),
+        "R2VPO": R2VPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32),
+    }
+    for name, model in saved.items():
+        model.save(tmp_path / name)
+    loaders = {"MaskableR2VPO": MaskableR2VPO, "RecurrentR2VPO": RecurrentR2VPO, "R2VPO": R2VPO}
+    for saver in saved:
+        for loader_name, loader in loaders.items():
+            if loader_name == saver:
+                assert type(loader.load(tmp_path / saver)) is loader
+                continue
+            message = rf"`policy`: \w+ is {saver}'s policy, not {loader_name}'s .* load it with {saver}.load"
+            with pytest.raises(ValueError, match=message):
+                loader.load(tmp_path / saver)

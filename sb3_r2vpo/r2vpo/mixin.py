@@ -442,6 +442,24 @@ class R2VPOMixin:
             f"or a policy class{hint}"
         )
 
+    def _check_policy_class(self, policy_class: type[BasePolicy]) -> None:
+        """
+        Refuse the policy class of another of the package's algorithms (a model file of MaskableR2VPO loaded with
+        R2VPO.load, a recurrent policy given to R2VPO), naming the class to use; SB3 would fail later on a policy
+        argument. A class that none of them owns (a custom policy) is left to SB3.
+        """
+        import sb3_r2vpo  # the three classes; imported here, since they import this module
+
+        # Most specific first: a recurrent policy is also an ActorCriticPolicy.
+        for owner in (sb3_r2vpo.RecurrentR2VPO, sb3_r2vpo.MaskableR2VPO, sb3_r2vpo.R2VPO):
+            if isinstance(policy_class, type) and issubclass(policy_class, tuple(owner.policy_aliases.values())):
+                if not isinstance(self, owner):
+                    raise ValueError(
+                        f"`policy`: {policy_class.__name__} is {owner.algorithm_name}'s policy, not {self.algorithm_name}'s "
+                        f"(a model saved by {owner.algorithm_name}? load it with {owner.algorithm_name}.load)"
+                    )
+                return
+
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.r2vpo_action_spaces):
             names = ", ".join(space.__name__ for space in self.r2vpo_action_spaces)
@@ -535,6 +553,7 @@ class R2VPOMixin:
             )
 
     def _setup_model(self) -> None:
+        self._check_policy_class(self.policy_class)
         # load() hands its keyword arguments over here, after SB3 restored the saved attributes.
         overrides = self.__dict__.pop("_load_overrides", None)
         if overrides is not None:
