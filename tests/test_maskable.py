@@ -297,8 +297,9 @@ class _NoCallback:
 
 
 def test_without_masks_env_needs_use_masking_false():
-    with pytest.warns(UserWarning, match=r"`env`: .* has no action masks .* need use_masking=False"):
+    with pytest.warns(UserWarning, match=r"`env`: .* has no action masks .* need use_masking=False") as caught:
         model = MaskableR2VPO("MlpPolicy", IdentityEnv(3), **SMALL)
+    assert [w.filename for w in caught if "action masks" in str(w.message)] == [__file__]  # points at the caller
     with pytest.raises(ValueError, match="does not support action masking"):
         model.learn(64)
     model.learn(64, use_masking=False)

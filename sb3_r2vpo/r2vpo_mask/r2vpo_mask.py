@@ -182,7 +182,7 @@ class MaskableR2VPO(R2VPOMixin, MaskablePPO):
                 "need use_masking=False. Wrap it with sb3_contrib.common.wrappers.ActionMasker(env, mask_fn), or use "
                 "R2VPO for a task without invalid actions",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # _make_env ← __init__ ← accepts_ppo_habits ← the caller
             )
         return env
 
