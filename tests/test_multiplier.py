@@ -199,33 +199,15 @@ def test_rollout_dual_step_sign_and_size_follow_the_final_variance(mode, extra, 
 
 
 def test_epoch_dual_step_on_the_full_rollout_variance():
-    model = Probe(
-        "MlpPolicy",
-        "CartPole-v1",
-        seed=2,
-        learning_rate=3e-3,
-        variance_target=0.002,
-        dual_update_frequency="epoch",
-        dual_variance_estimate="rollout",
-        **SMALL,
-        **FREE,
-    )
+    common = dict(seed=2, learning_rate=3e-3, variance_target=0.002, dual_update_frequency="epoch", **SMALL, **FREE)
+    model = Probe("MlpPolicy", "CartPole-v1", dual_variance_estimate="rollout", **common)
     model.measure_at_dual_step = True
     model.learn(128 * 2)
     assert len(model.dual_steps) == 2 * SMALL["n_epochs"]
     used = [step[2] for step in model.dual_steps]
     np.testing.assert_allclose(used, model.measured, rtol=1e-4)
     # Not the mean of the epoch's minibatch variances: that estimator gives other values.
-    default = Probe(
-        "MlpPolicy",
-        "CartPole-v1",
-        seed=2,
-        learning_rate=3e-3,
-        variance_target=0.002,
-        dual_update_frequency="epoch",
-        **SMALL,
-        **FREE,
-    )
+    default = Probe("MlpPolicy", "CartPole-v1", **common)
     default.measure_at_dual_step = True
     default.learn(128 * 2)
     assert not np.allclose([step[2] for step in default.dual_steps], default.measured, rtol=1e-2)
