@@ -429,13 +429,7 @@ class R2VPOMixin:
         """SB3's lookup of a policy alias, with an error that lists this class's aliases and names the class that has it."""
         if policy_name in self.policy_aliases:
             return self.policy_aliases[policy_name]
-        import sb3_r2vpo  # the three classes; imported here, since they import this module
-
-        owners = [
-            cls.algorithm_name
-            for cls in (sb3_r2vpo.R2VPO, sb3_r2vpo.MaskableR2VPO, sb3_r2vpo.RecurrentR2VPO)
-            if policy_name in cls.policy_aliases
-        ]
+        owners = [cls.algorithm_name for cls in reversed(_package_algorithms()) if policy_name in cls.policy_aliases]
         hint = f"; {policy_name!r} is {' and '.join(owners)}'s" if owners else ""
         raise ValueError(
             f"`policy`: {self.algorithm_name} has no policy {policy_name!r}; it takes {', '.join(self.policy_aliases)} "
@@ -448,11 +442,10 @@ class R2VPOMixin:
         R2VPO.load, a recurrent policy given to R2VPO), naming the class to use; SB3 would fail later on a policy
         argument. A class that none of them owns (a custom policy) is left to SB3.
         """
-        import sb3_r2vpo  # the three classes; imported here, since they import this module
-
-        # Most specific first: a recurrent policy is also an ActorCriticPolicy.
-        for owner in (sb3_r2vpo.RecurrentR2VPO, sb3_r2vpo.MaskableR2VPO, sb3_r2vpo.R2VPO):
-            if isinstance(policy_class, type) and issubclass(policy_class, tuple(owner.policy_aliases.values())):
+        if not isinstance(policy_class, type):
+            return
+        for owner in _package_algorithms():
+            if issubclass(policy_class, tuple(owner.policy_aliases.values())):
                 if not isinstance(self, owner):
                     raise ValueError(
                         f"`policy`: {policy_class.__name__} is {owner.algorithm_name}'s policy, not {self.algorithm_name}'s "
@@ -1190,6 +1183,16 @@ class R2VPOMixin:
 def _constructor_parameters(cls: type) -> frozenset[str]:
     """The names an algorithm's constructor takes."""
     return frozenset(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+
+
+def _package_algorithms() -> tuple[type, ...]:
+    """
+    RecurrentR2VPO, MaskableR2VPO, R2VPO: the most specific policy first (a recurrent policy is also an
+    ActorCriticPolicy). Imported when called: the three classes import this module.
+    """
+    import sb3_r2vpo
+
+    return sb3_r2vpo.RecurrentR2VPO, sb3_r2vpo.MaskableR2VPO, sb3_r2vpo.R2VPO
 
 
 def constructor_defaults(cls: type) -> MappingProxyType:
