@@ -325,7 +325,7 @@ def test_variance_stop_fires_above_kappa_delta_and_not_below():
             r"`lagrange_multiplier_floor` must be a number in \(0.0, 1.0\].*1/\(2√δ\)",
         ),
         (dict(lagrange_multiplier_floor=float("nan")), ValueError, r"`lagrange_multiplier_floor` must be a number in"),
-        (dict(lagrange_multiplier_floor="0.5"), TypeError, r"`lagrange_multiplier_floor` must be a number in"),
+        (dict(lagrange_multiplier_floor="0.5"), TypeError, r"`lagrange_multiplier_floor` must be a number in.*'auto'"),
         (dict(variance_stop=0.5), ValueError, r"`variance_stop` must be a number in \[1.0, inf\).*got 0.5"),
         (dict(variance_stop=float("inf")), ValueError, r"`variance_stop` must be a number in \[1.0, inf\)"),
         (dict(variance_stop=True), TypeError, r"`variance_stop` must be a number"),

@@ -46,6 +46,7 @@ from sb3_r2vpo.r2vpo.objective import (
     DUAL_UPDATE_FREQUENCIES,
     DUAL_UPDATES,
     DUAL_VARIANCE_ESTIMATES,
+    FLOOR_BY_ROLLOUT_SIZE,
     MIN_VARIANCE_TARGET,
     VARIANCE_CENTERS,
     StepClip,
@@ -53,6 +54,7 @@ from sb3_r2vpo.r2vpo.objective import (
     multiplier_lower_bound,
     policy_objective,
     ratio_variance,
+    rollout_floor_fraction,
     stationary_multiplier,
 )
 from sb3_r2vpo.r2vpo.replay import (
@@ -291,7 +293,7 @@ class R2VPOMixin:
         initial_lagrange_multiplier: float | None,
         lagrange_multiplier_min: float,
         lagrange_multiplier_max: float,
-        lagrange_multiplier_floor: float | None,
+        lagrange_multiplier_floor: float | str | None,
         dual_update: str,
         dual_step_size: float,
         dual_step_clip: float | tuple[float, float] | list[float] | None,
@@ -336,14 +338,23 @@ class R2VPOMixin:
         _check_variance_target(variance_target)
         _check_positive("dual_step_size", dual_step_size)
         _check_step_clip(dual_step_clip)
-        _check_optional_range(
-            "lagrange_multiplier_floor",
-            lagrange_multiplier_floor,
-            0.0,
-            1.0,
-            low_open=True,
-            meaning="the fraction of the stationary multiplier 1/(2√δ) below which λ may not fall",
-        )
+        if isinstance(lagrange_multiplier_floor, str) and lagrange_multiplier_floor != FLOOR_BY_ROLLOUT_SIZE:
+            raise TypeError(
+                f"`lagrange_multiplier_floor` must be a number in (0, 1], {FLOOR_BY_ROLLOUT_SIZE!r} (the fraction from "
+                f"the rollout size) or None, got {lagrange_multiplier_floor!r}"
+            )
+        if lagrange_multiplier_floor != FLOOR_BY_ROLLOUT_SIZE:
+            _check_optional_range(
+                "lagrange_multiplier_floor",
+                lagrange_multiplier_floor,
+                0.0,
+                1.0,
+                low_open=True,
+                meaning=(
+                    "the fraction of the stationary multiplier 1/(2√δ) below which λ may not fall; "
+                    f"{FLOOR_BY_ROLLOUT_SIZE!r}: the fraction from the rollout size"
+                ),
+            )
         _check_optional_range(
             "variance_stop",
             variance_stop,
@@ -469,7 +480,7 @@ class R2VPOMixin:
         initial_lagrange_multiplier: float | None,
         lagrange_multiplier_min: float,
         lagrange_multiplier_max: float,
-        lagrange_multiplier_floor: float | None,
+        lagrange_multiplier_floor: float | str | None,
         dual_update: str,
         dual_step_size: float,
         dual_step_clip: float | tuple[float, float] | list[float] | None,
@@ -496,7 +507,7 @@ class R2VPOMixin:
         self.initial_lagrange_multiplier = None if initial_lagrange_multiplier is None else float(initial_lagrange_multiplier)
         self.lagrange_multiplier_min = float(lagrange_multiplier_min)
         self.lagrange_multiplier_max = float(lagrange_multiplier_max)
-        self.lagrange_multiplier_floor = None if lagrange_multiplier_floor is None else float(lagrange_multiplier_floor)
+        self.lagrange_multiplier_floor = _stored_floor(lagrange_multiplier_floor)
         self.dual_update = dual_update
         self.dual_step_size = float(dual_step_size)
         self.dual_step_clip = _check_step_clip(dual_step_clip)
@@ -753,10 +764,20 @@ class R2VPOMixin:
             )
         return max(value, MIN_VARIANCE_TARGET)
 
+    @property
+    def floor_fraction(self) -> float | None:
+        """
+        The fraction of ``λ* = 1 / (2 √δ)`` below which λ may not fall: ``lagrange_multiplier_floor`` itself, or for
+        ``"auto"`` :func:`~sb3_r2vpo.r2vpo.objective.rollout_floor_fraction` of ``n_steps * n_envs``; ``None``: no floor.
+        """
+        if self.lagrange_multiplier_floor == FLOOR_BY_ROLLOUT_SIZE:
+            return rollout_floor_fraction(self.n_steps * self.n_envs)
+        return self.lagrange_multiplier_floor
+
     def _multiplier_lower_bound(self, variance_target: float) -> float:
         """λ's lower bound in effect for an update with variance target δ; see :func:`multiplier_lower_bound`."""
         return multiplier_lower_bound(
-            self.lagrange_multiplier_min, self.lagrange_multiplier_max, self.lagrange_multiplier_floor, variance_target
+            self.lagrange_multiplier_min, self.lagrange_multiplier_max, self.floor_fraction, variance_target
         )
 
     def _step_dual(self, variance: float, variance_target: float) -> None:
@@ -1206,6 +1227,11 @@ def constructor_defaults(cls: type) -> MappingProxyType:
     )
 
 
+def _stored_floor(value: float | str | None) -> float | str | None:
+    """``lagrange_multiplier_floor`` as stored: ``None``, ``"auto"`` or a float."""
+    return value if value is None or value == FLOOR_BY_ROLLOUT_SIZE else float(value)
+
+
 _VALIDATED_ARGUMENTS = tuple(inspect.signature(R2VPOMixin._validate_arguments).parameters)
 
 # How the constructor stores these arguments (load() stores its overrides the same way).
@@ -1213,7 +1239,7 @@ _STORED_AS = {
     "initial_lagrange_multiplier": float,
     "lagrange_multiplier_min": float,
     "lagrange_multiplier_max": float,
-    "lagrange_multiplier_floor": float,
+    "lagrange_multiplier_floor": _stored_floor,
     "dual_step_size": float,
     "log_ratio_guard": float,
     "variance_stop": float,

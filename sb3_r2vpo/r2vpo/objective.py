@@ -9,6 +9,8 @@ import torch as th
 
 VARIANCE_CENTERS = ("mean", "one")
 DUAL_UPDATES = ("multiplicative", "linear")
+# The value of ``lagrange_multiplier_floor`` that takes the floor fraction from the rollout size.
+FLOOR_BY_ROLLOUT_SIZE = "auto"
 DUAL_UPDATE_FREQUENCIES = ("minibatch", "epoch", "rollout")
 DUAL_VARIANCE_ESTIMATES = ("minibatch", "rollout")
 #: Smallest variance target used in training: a schedule that anneals δ to 0 (like PPO's ``lin_0.2`` clip)
@@ -68,6 +70,28 @@ def stationary_multiplier(variance_target: float) -> float:
     if not variance_target > 0:
         raise ValueError(f"stationary_multiplier needs a variance target > 0, got {variance_target}")
     return 1.0 / (2.0 * math.sqrt(variance_target))
+
+
+# N₀ of the rollout-size floor rule (``lagrange_multiplier_floor="auto"``), in samples.
+FLOOR_REFERENCE_SAMPLES = 64
+
+
+def rollout_floor_fraction(rollout_size: int) -> float:
+    """
+    The floor fraction of ``lagrange_multiplier_floor="auto"``: ``f = min(1, √(N₀ / N))`` with ``N₀ = 64``.
+
+    Why the rollout size: λ* assumes every ratio can move freely to ``Â_i / (2λ)``. A policy fitted to N samples
+    at once can follow only part ρ of that per-sample signal, so the variance reached at λ is ≈ ρ² / (4λ²) and
+    the λ that meets δ is ≈ ρ·λ*; ρ shrinks as the rollout grows (ρ² ∝ 1/N for a fixed network). Measured on
+    the screening seeds: CartPole's rollouts of 256 samples need λ ≳ λ*/2 (f = 1/2 here), LunarLanderContinuous's
+    16,384 held δ at λ ≈ λ*/15 (f = 1/16 here).
+
+    :param rollout_size: N, the samples of one fresh rollout (``n_steps * n_envs``), ≥ 1.
+    :return: The fraction f in (0, 1].
+    """
+    if rollout_size < 1:
+        raise ValueError(f"rollout_floor_fraction needs a rollout of at least 1 sample, got {rollout_size}")
+    return min(1.0, math.sqrt(FLOOR_REFERENCE_SAMPLES / rollout_size))
 
 
 def multiplier_lower_bound(lower: float, upper: float, floor_fraction: float | None, variance_target: float) -> float:

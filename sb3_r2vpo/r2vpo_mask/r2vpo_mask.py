@@ -49,7 +49,7 @@ class MaskableR2VPO(R2VPOMixin, MaskablePPO):
     :param initial_lagrange_multiplier: λ at the start of training; ``None``: ``1 / (2 √δ)`` (see R2VPO)
     :param lagrange_multiplier_min: Lower bound of λ
     :param lagrange_multiplier_max: Upper bound of λ
-    :param lagrange_multiplier_floor: Floor of λ as a fraction of ``1 / (2 √δ)``, or ``None`` (see R2VPO)
+    :param lagrange_multiplier_floor: Floor of λ as a fraction of ``1 / (2 √δ)``, ``"auto"`` or ``None`` (see R2VPO)
     :param dual_update: ``"multiplicative"`` or ``"linear"``
     :param dual_step_size: The dual step size η
     :param dual_step_clip: Bound on one dual step's violation: ``c``, ``(down, up)`` or ``None`` (see R2VPO)
@@ -103,7 +103,7 @@ class MaskableR2VPO(R2VPOMixin, MaskablePPO):
         initial_lagrange_multiplier: float | None = _D["initial_lagrange_multiplier"],
         lagrange_multiplier_min: float = _D["lagrange_multiplier_min"],
         lagrange_multiplier_max: float = _D["lagrange_multiplier_max"],
-        lagrange_multiplier_floor: float | None = _D["lagrange_multiplier_floor"],
+        lagrange_multiplier_floor: float | str | None = _D["lagrange_multiplier_floor"],
         dual_update: str = _D["dual_update"],
         dual_step_size: float = _D["dual_step_size"],
         dual_step_clip: float | tuple[float, float] | list[float] | None = _D["dual_step_clip"],
