@@ -16,6 +16,7 @@ from sb3_r2vpo.r2vpo.objective import (
     clip_violation,
     dual_update,
     multiplier_lower_bound,
+    rollout_floor_fraction,
     stationary_multiplier,
 )
 from tests.conftest import attach
@@ -250,6 +251,49 @@ def test_at_floor_fraction_is_the_share_of_lambda_values_on_the_bound():
     expected = np.mean([value <= bound * (1 + 1e-9) for value in values])
     assert 0 < expected < 1
     assert model.logger.name_to_value["train/lagrange_multiplier_at_floor"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("rollout_size", "fraction"),
+    # CartPole's entry (8 x 32) → 1/2; LunarLanderContinuous's (16 x 1,024) → 1/16; at or below N₀ = 64 → cut to 1.
+    [(256, 0.5), (16384, 1 / 16), (512, math.sqrt(1 / 8)), (64, 1.0), (8, 1.0)],
+)
+def test_rollout_floor_fraction(rollout_size, fraction):
+    assert rollout_floor_fraction(rollout_size) == pytest.approx(fraction, rel=1e-12)
+
+
+def test_rollout_floor_fraction_refuses_an_empty_rollout():
+    with pytest.raises(ValueError, match="at least 1 sample, got 0"):
+        rollout_floor_fraction(0)
+
+
+def test_auto_floor_follows_the_rollout_size():
+    # 2 envs x 128 steps = 256 samples → f = 1/2; δ = 0.04 → λ* = 2.5, so λ never goes below 1.25.
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    kwargs = dict(seed=0, variance_target=0.04, initial_lagrange_multiplier=0.01, n_steps=128, batch_size=64, n_epochs=4)
+    model = Probe("MlpPolicy", env, lagrange_multiplier_floor="auto", **kwargs)
+    assert model.floor_fraction == pytest.approx(0.5)
+    model.learn(256 * 3)
+    assert model.losses[0][1] == pytest.approx(1.25)  # λ₀ = 0.01 was lifted to the floor
+    assert min(step[3] for step in model.dual_steps) >= 1.25 * (1 - 1e-12)
+    assert model.logger.name_to_value["train/lagrange_multiplier_lower_bound"] == pytest.approx(1.25)
+    # With one env the rollout halves and the floor rises: f = √(64/128).
+    single = R2VPO("MlpPolicy", "CartPole-v1", lagrange_multiplier_floor="auto", n_steps=128)
+    assert single.floor_fraction == pytest.approx(math.sqrt(0.5))
+    # A fixed fraction is itself, whatever the rollout.
+    assert R2VPO("MlpPolicy", env, lagrange_multiplier_floor=0.3, n_steps=128).floor_fraction == 0.3
+    assert R2VPO("MlpPolicy", env, lagrange_multiplier_floor=None, n_steps=128).floor_fraction is None
+
+
+def test_auto_floor_survives_save_and_load(tmp_path):
+    model = R2VPO("MlpPolicy", "CartPole-v1", lagrange_multiplier_floor="auto", n_steps=256, seed=0)
+    model.save(tmp_path / "model.zip")
+    loaded = R2VPO.load(tmp_path / "model.zip")
+    assert loaded.lagrange_multiplier_floor == "auto"
+    assert loaded.floor_fraction == pytest.approx(0.5)
+    # Overriding it at load is checked like the constructor's argument.
+    with pytest.raises(TypeError, match=r"`lagrange_multiplier_floor` must be a number in.*'auto'"):
+        R2VPO.load(tmp_path / "model.zip", lagrange_multiplier_floor="Auto")
 
 
 # ---------------------------------------------------------------------------------------------- variance stop

@@ -140,6 +140,7 @@ def test_unknown_key_names_file_entry_and_key(tmp_path):
         ("r2vpo", "CartPole-v1", "  n_envs: 2\n", ["variance_target:-1"], r"with -params variance_target:-1: "),
         ("r2vpo", "CartPole-v1", "  lagrange_multiplier_floor: 2\n", [], r"`lagrange_multiplier_floor` must be .* 1.0\]"),
         ("r2vpo", "CartPole-v1", "  clip_range_vf: lin_0\n", [], r"`clip_range_vf\(1.0\)` must be"),
+        ("r2vpo", "CartPole-v1", "  lagrange_multiplier_floor: rollout\n", [], r"`lagrange_multiplier_floor` .*'auto'"),
         ("r2vpo_mask", "sb3_r2vpo/InvalidActionEnvDiscrete-v0", "  batch_size: 1\n", [], r"`batch_size` must be >= 2"),
         ("r2vpo_lstm", "CartPoleNoVel-v1", "  n_envs: 2\n", ["replay_rollouts:2"], r"RecurrentR2VPO takes no"),
     ],
@@ -159,6 +160,8 @@ def test_a_valid_schedule_in_an_entry_passes_the_value_check(tmp_path):
     config = tmp_path / "mine.yml"
     config.write_text("CartPole-v1:\n  variance_target: lin_0.04\n  clip_range_vf: lin_0.2\n")
     assert check_entry(config, "CartPole-v1")["variance_target"] == "lin_0.04"
+    config.write_text("CartPole-v1:\n  lagrange_multiplier_floor: auto\n")
+    assert check_entry(config, "CartPole-v1")["lagrange_multiplier_floor"] == "auto"
 
 
 def test_malformed_yaml_and_missing_entry(tmp_path):
