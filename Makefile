@@ -53,7 +53,7 @@ test: lint
 	R2VPO_REQUIRE_EXTRAS=1 $(PY) -m pytest
 	$(MAKE) --no-print-directory check-extras
 
-# Mutation testing of the method's modules (r2vpo/objective.py, r2vpo.py, replay.py) with mutmut, configured in
+# Mutation testing of the method's modules (r2vpo/objective.py, mixin.py, r2vpo.py, replay.py) with mutmut, configured in
 # pyproject.toml ([tool.mutmut]); slow (hours on 2 cores), so not part of `make test` or CI. MUTANTS narrows the run
 # (make mutation MUTANTS='sb3_r2vpo.r2vpo.objective.*'), MUTATION_JOBS sets the workers. `mutmut results` lists the
 # survivors, `mutmut show NAME` shows one; the working copy is mutants/.
@@ -64,3 +64,13 @@ mutation: $(STAMP)
 	$(PY) -m pip install -q "mutmut>=3.8,<4"
 	set -f; nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(VENV)/bin/mutmut export-cicd-stats
+
+# A seeded random sample of the mutants of mixin.py and replay.py (thousands of mutants in all): the killed share
+# with a Wilson 95% interval (dev/mutation_sample.py). MUTATION_SAMPLE mutants per module, MUTATION_SEED the sample.
+MUTATION_SAMPLE ?= 30
+MUTATION_SEED ?= 0
+.PHONY: mutation-sample
+mutation-sample: $(STAMP)
+	$(PY) -m pip install -q "mutmut>=3.8,<4"
+	nice -n 10 $(PY) dev/mutation_sample.py --modules mixin replay --per-module $(MUTATION_SAMPLE) \
+		--seed $(MUTATION_SEED) --jobs $(MUTATION_JOBS)
