@@ -6,6 +6,7 @@ points), in return units; then per algorithm the mean normalised final/AUC/peak-
 has every screening seed. Algorithms are those given, or every one with runs on those seeds.
 
     python benchmarks/variants/screening_table.py --seeds 0 1 2 [--algos ppo r2vpo ...]
+    python benchmarks/variants/screening_table.py --out benchmarks/results/offsuite --tasks Acrobot-v1 LunarLanderContinuous-v3
 """
 
 import argparse
@@ -22,14 +23,15 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 parser.add_argument("--algos", nargs="*")
 parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+parser.add_argument("--tasks", nargs="+", default=sorted(QUICK), help="tasks (default: the quick suite's)")
 args = parser.parse_args()
 
-runs = [run for run in load_runs(args.out) if run["seed"] in args.seeds and run["env_id"] in QUICK]
+runs = [run for run in load_runs(args.out) if run["seed"] in args.seeds and run["env_id"] in args.tasks]
 by_cell = defaultdict(list)
 for run in runs:
     by_cell[(run["algo"], run["env_id"])].append(run)
 algos = args.algos or sorted({algo for algo, _ in by_cell})
-tasks = sorted(QUICK)
+tasks = sorted(args.tasks)
 complete = {
     algo: [task for task in tasks if len({run["seed"] for run in by_cell[(algo, task)]}) == len(args.seeds)] for algo in algos
 }
