@@ -1,6 +1,7 @@
 """Replay of stale rollouts: on-policy path untouched, behaviour log-probs kept, GAE/V-trace, save/load."""
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +21,7 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_r2vpo import R2VPO
-from sb3_r2vpo.r2vpo.replay import build_replay_batch, compute_gae, compute_vtrace, rollout_nbytes
+from sb3_r2vpo.r2vpo.replay import StoredRollout, build_replay_batch, compute_gae, compute_vtrace, rollout_nbytes
 from tests.conftest import attach
 from tests.envs import DictMultiBinaryEnv, Float64ActionEnv, RecordingWrapper, TruncatingEnv
 
@@ -470,3 +471,55 @@ def test_load_refuses_what_construction_refuses(tmp_path, override, error, messa
     R2VPO("MlpPolicy", env, seed=0, replay_rollouts=2, **SMALL).save(tmp_path / "model")
     with pytest.raises(error, match=message):
         R2VPO.load(tmp_path / "model", env=env, **override)
+
+
+def _full_stored_rollout() -> StoredRollout:
+    """A rollout with every optional field set (dict observations, truncations, masks), distinct values per field."""
+    generator = th.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return th.rand(*shape, generator=generator)
+
+    return StoredRollout(
+        index=7,
+        observations={"a": rand(4, 2, 3), "b": rand(4, 2, 1)},
+        actions=th.tensor([[1, 0], [2, 1], [0, 0], [1, 2]]),
+        rewards=rand(4, 2),
+        episode_starts=th.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]),
+        behaviour_log_probs=rand(4, 2),
+        last_obs={"a": rand(2, 3), "b": rand(2, 1)},
+        last_dones=th.tensor([0.0, 1.0]),
+        terminal_index=th.tensor([5]),
+        terminal_obs={"a": rand(1, 3), "b": rand(1, 1)},
+        original=True,
+        action_masks=th.rand(4, 2, 3, generator=generator) > 0.5,
+    )
+
+
+def _leaves(value):
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def test_a_stored_rollout_moved_to_a_device_keeps_every_field():
+    """Found by mutation testing: dropping `terminal_obs` (or any field) in `StoredRollout.to` passed every test."""
+    rollout = _full_stored_rollout()
+    moved = rollout.to(th.device("cpu"))
+    for field in dataclasses.fields(StoredRollout):
+        before, after = getattr(rollout, field.name), getattr(moved, field.name)
+        assert type(after) is type(before), field.name
+        if isinstance(before, (th.Tensor, dict)):
+            for old, new in zip(_leaves(before), _leaves(after), strict=True):
+                assert th.equal(old, new), field.name
+            if isinstance(before, dict):
+                assert before.keys() == after.keys(), field.name
+        else:
+            assert after == before, field.name
+    # Every tensor really moves (the meta device keeps shapes and dtypes, not values).
+    on_meta = rollout.to(th.device("meta"))
+    for field in dataclasses.fields(StoredRollout):
+        for old, new in zip(_leaves(getattr(rollout, field.name)), _leaves(getattr(on_meta, field.name)), strict=True):
+            if isinstance(old, th.Tensor):
+                assert new.device.type == "meta" and new.shape == old.shape and new.dtype == old.dtype, field.name
+    # Absent optional fields stay absent.
+    bare = dataclasses.replace(rollout, terminal_index=None, terminal_obs=None, action_masks=None)
+    assert bare.to(th.device("meta")).terminal_obs is None and bare.to(th.device("meta")).action_masks is None
