@@ -358,7 +358,7 @@ def test_variants_run_side_by_side_and_the_report_names_them(tmp_path):
 
 
 def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
-    """benchmarks/variants/name_former_defaults.py: old R2VPO runs move to the variant that states their defaults."""
+    """benchmarks/variants/name_former_defaults.py: old R2VPO runs move to the variant that states their arguments."""
     import importlib.util
 
     from sb3_r2vpo.benchmark.algorithms import configure
@@ -367,28 +367,34 @@ def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
     spec = importlib.util.spec_from_file_location("name_former_defaults", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    assert script.todays_defaults() == {"lagrange_multiplier_floor": "auto", "variance_center": "one"}
 
-    def write(algo: str, folder: str, **extra) -> Path:
-        seed = tmp_path / "runs" / "CartPole-v1" / folder / "seed0"
+    def write(algo: str, env_id: str = "CartPole-v1", **extra) -> Path:
+        seed = tmp_path / "runs" / env_id / algo / "seed0"
         seed.mkdir(parents=True)
-        (seed / "result.json").write_text(json.dumps({"algo": algo, "env_id": "CartPole-v1", "seed": 0, **extra}))
+        (seed / "result.json").write_text(json.dumps({"algo": algo, "env_id": env_id, "seed": 0, **extra}))
         return seed
 
-    write("r2vpo", "r2vpo")
-    write("r2vpo[lagrange_multiplier_floor=0.5]", "r2vpo[lagrange_multiplier_floor=0.5]", overrides={"x": 1})
-    write("ppo", "ppo")
-    recorded = write("r2vpo", "r2vpo-recorded", arguments={"lagrange_multiplier_floor": 0.5})
+    write("r2vpo")  # before the runner recorded arguments: the former defaults
+    write("r2vpo[lagrange_multiplier_floor=0.5]", overrides={"x": 1})
+    write("ppo")
+    # Recorded arguments say what a run had: floor 0.5 with the χ² centre (today's) is named by its floor alone.
+    write("r2vpo", "Pendulum-v1", arguments={"lagrange_multiplier_floor": 0.5, "variance_center": "one"})
+    todays = write("r2vpo", "Hopper-v5", arguments={"lagrange_multiplier_floor": "auto", "variance_center": "one"})
+    stated = write("r2vpo[lagrange_multiplier_floor=auto,variance_center=one]", "Hopper-v5")
     moved = script.rename(tmp_path, dry_run=False)
-    names = sorted(new.parent.name for _, new in moved)
+    names = sorted(f"{new.parent.parent.name}/{new.parent.name}" for _, new in moved)
     assert names == [
-        "r2vpo[lagrange_multiplier_floor=0.5,variance_center=mean]",
-        "r2vpo[lagrange_multiplier_floor=null,variance_center=mean]",
+        "CartPole-v1/r2vpo[lagrange_multiplier_floor=0.5,variance_center=mean]",
+        "CartPole-v1/r2vpo[lagrange_multiplier_floor=null,variance_center=mean]",
+        "Pendulum-v1/r2vpo[lagrange_multiplier_floor=0.5]",
     ]
-    assert not (tmp_path / "runs" / "CartPole-v1" / "r2vpo").exists() and recorded.exists()
+    assert not (tmp_path / "runs" / "CartPole-v1" / "r2vpo").exists() and todays.exists() and stated.exists()
     assert (tmp_path / "runs" / "CartPole-v1" / "ppo" / "seed0").exists()
     for _, new in moved:
         result = json.loads((new / "result.json").read_text())
-        assert result["algo"] == new.parent.name and result["overrides"]["variance_center"] == "mean"
+        assert result["algo"] == new.parent.name
         arguments = configure(result["algo"], "CartPole-v1").arguments()  # the runner reads the name back
-        assert arguments["variance_center"] == "mean"
+        expected = "one" if new.parent.parent.name == "Pendulum-v1" else "mean"
+        assert arguments["variance_center"] == expected and arguments["lagrange_multiplier_floor"] != "auto"
     assert script.rename(tmp_path, dry_run=False) == []  # a second pass finds nothing left to name

@@ -2,10 +2,10 @@
 Name the R2VPO runs made under the former library defaults by the arguments they ran with (issue 13).
 
 Until issue 13, R2VPO's defaults were no λ floor (``lagrange_multiplier_floor=None``) and the mean-centred ratio
-variance (``variance_center="mean"``); now they are ``0.5`` and ``"one"``. A run folder is named by the algorithm
+variance (``variance_center="mean"``); now they are ``"auto"`` and ``"one"``. A run folder is named by the algorithm
 as the runner reads it *today* (``r2vpo`` = r2vpo.yml's entry with today's defaults), so every R2VPO run made before
 the change would pass for a run of today's R2VPO. This script moves each such run to the variant folder that names
-its real arguments, e.g.::
+its real arguments (where they differ from today's defaults), e.g.::
 
     runs/CartPole-v1/r2vpo/seed0
       -> runs/CartPole-v1/r2vpo[lagrange_multiplier_floor=null,variance_center=mean]/seed0
@@ -13,8 +13,9 @@ its real arguments, e.g.::
       -> runs/Hopper-v5/r2vpo[lagrange_multiplier_floor=0.5,variance_center=mean]/seed1
 
 and rewrites ``algo`` and ``overrides`` in its result.json to match, so that the runner and the report read them as
-what they were. Runs that record their ``arguments`` (every run since the runner started recording them) were made
-knowingly and are left alone, as are runs that already name both arguments.
+what they were. What a run ran with is its recorded ``arguments`` (every run since the runner started recording
+them) or, for an older run, its name's overrides over the former defaults. Runs that already name both arguments,
+or ran with today's defaults, are left alone.
 
     python benchmarks/variants/name_former_defaults.py benchmarks/results benchmarks/results/offsuite ...
     python benchmarks/variants/name_former_defaults.py --dry-run benchmarks/results
@@ -31,15 +32,41 @@ from sb3_r2vpo.benchmark.algorithms import canonical_name, parse_variant
 
 # The former defaults of the two arguments issue 13 changed.
 FORMER_DEFAULTS = {"lagrange_multiplier_floor": None, "variance_center": "mean"}
+
+
+def todays_defaults() -> dict:
+    """The two arguments' defaults as the library has them now (R2VPO's constructor)."""
+    from sb3_r2vpo import R2VPO
+    from sb3_r2vpo.r2vpo.mixin import constructor_defaults
+
+    defaults = constructor_defaults(R2VPO)
+    return {key: defaults[key] for key in FORMER_DEFAULTS}
+
+
+def ran_with(result: dict) -> dict:
+    """The two arguments' values the run had: its recorded ``arguments``, else its name's overrides or the former defaults."""
+    base_overrides = parse_variant(result["algo"])[1]
+    recorded = result.get("arguments", {})
+    return {key: recorded.get(key, base_overrides.get(key, former)) for key, former in FORMER_DEFAULTS.items()}
+
+
 R2VPO_BASES = ("r2vpo", "r2vpo-k", "r2vpo-matched", "r2vpo@")
 
 
-def former_name(algo: str) -> str:
-    """The name that states the former defaults ``algo`` ran with (``algo`` itself if it names them already)."""
+def former_name(algo: str, values: dict | None = None) -> str:
+    """
+    The name that states the values of the changed arguments ``algo`` ran with where they differ from today's
+    defaults (``algo`` itself if it names them already or they are today's).
+
+    :param algo: The run's algorithm name
+    :param values: What it ran with (see :func:`ran_with`); default: the former defaults
+    """
     base, overrides = parse_variant(algo)
     if not base.startswith(R2VPO_BASES):
         return algo
-    missing = {key: value for key, value in FORMER_DEFAULTS.items() if key not in overrides}
+    values = FORMER_DEFAULTS if values is None else values
+    today = todays_defaults()
+    missing = {key: value for key, value in values.items() if key not in overrides and value != today[key]}
     if not missing:
         return algo
     body = {**overrides, **missing}
@@ -56,11 +83,9 @@ def rename(root: Path, dry_run: bool) -> list[tuple[Path, Path]]:
     moved = []
     for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
         result = json.loads(result_file.read_text())
-        if "arguments" in result:
-            continue
         seed_folder = result_file.parent
         algo_folder = seed_folder.parent
-        new_algo = former_name(result["algo"])
+        new_algo = former_name(result["algo"], ran_with(result))
         if new_algo == result["algo"]:
             continue
         target = algo_folder.parent / new_algo.replace("/", "%2F") / seed_folder.name

@@ -76,10 +76,11 @@ class R2VPO(R2VPOMixin, OnPolicyAlgorithm):
     :param lagrange_multiplier_floor: A floor tied to the stationary multiplier ``λ* = 1 / (2 √δ)``: a fraction
         ``f`` in (0, 1]; λ's lower bound in each update is then ``max(lagrange_multiplier_min, f · λ*(δ_t))`` for
         that update's (possibly scheduled) δ_t, cut to ``lagrange_multiplier_max``, and λ is lifted to it at the
-        start of the update. ``"auto"``: ``f = min(1, √(64 / N))`` for rollouts of ``N = n_steps * n_envs``
-        samples (a network fitted to more samples at once follows less of each sample's advantage, so a smaller λ
-        meets δ; see :func:`~sb3_r2vpo.r2vpo.objective.rollout_floor_fraction`). ``None`` (default): the lower
-        bound is ``lagrange_multiplier_min`` alone. With a floor the brake never fully releases.
+        start of the update. ``"auto"`` (default): ``f = min(1, √(64 / N))`` for rollouts of
+        ``N = n_steps * n_envs`` samples (a network fitted to more samples at once follows less of each sample's
+        advantage, so a smaller λ meets δ; see :func:`~sb3_r2vpo.r2vpo.objective.rollout_floor_fraction`).
+        ``None``: the lower bound is ``lagrange_multiplier_min`` alone (the pure dual ascent, the default before
+        issue 13). With a floor the brake never fully releases.
     :param dual_update: ``"multiplicative"`` (λ ← λ·exp(η·(V/δ − 1))) or ``"linear"`` (λ ← λ + η·(V − δ))
     :param dual_step_size: The dual step size η
     :param dual_step_clip: Bound ``c`` (> 0) on the violation used by one dual step (``V/δ − 1`` is clipped to
@@ -97,7 +98,9 @@ class R2VPO(R2VPOMixin, OnPolicyAlgorithm):
         epoch — one extra forward pass over the rollout per epoch; with replay, the fresh samples only).
         ``"rollout"`` is refused with ``"minibatch"`` frequency, and implied (this argument is ignored) under
         ``"rollout"`` frequency.
-    :param variance_center: ``"mean"`` (second central moment) or ``"one"`` (chi-square estimate)
+    :param variance_center: ``"one"`` (default: the chi-square estimate ``mean((r − 1)²)``, which also sees a
+        common drift of all ratios) or ``"mean"`` (the second central moment about the minibatch's mean ratio,
+        the default before issue 13)
     :param log_ratio_guard: Numerical guard: the log-ratio is clamped to ``[−g, g]`` before ``exp``. It must
         not act as a trust region; ``train/logratio_guard_fraction`` logs how often it fires.
     :param replay_rollouts: K, the number of previous rollouts kept and trained on again (0: on-policy). Each
@@ -162,13 +165,13 @@ class R2VPO(R2VPOMixin, OnPolicyAlgorithm):
         initial_lagrange_multiplier: float | None = None,
         lagrange_multiplier_min: float = 1e-3,
         lagrange_multiplier_max: float = 1e3,
-        lagrange_multiplier_floor: float | str | None = None,
+        lagrange_multiplier_floor: float | str | None = "auto",
         dual_update: str = "multiplicative",
         dual_step_size: float = 0.05,
         dual_step_clip: float | tuple[float, float] | list[float] | None = 1.0,
         dual_update_frequency: str = "minibatch",
         dual_variance_estimate: str = "minibatch",
-        variance_center: str = "mean",
+        variance_center: str = "one",
         log_ratio_guard: float = 20.0,
         replay_rollouts: int = 0,
         replay_advantage: str = "gae",

@@ -53,13 +53,13 @@ class RecurrentR2VPO(R2VPOMixin, RecurrentPPO):
     :param initial_lagrange_multiplier: λ at the start of training; ``None``: ``1 / (2 √δ)`` (see R2VPO)
     :param lagrange_multiplier_min: Lower bound of λ
     :param lagrange_multiplier_max: Upper bound of λ
-    :param lagrange_multiplier_floor: Floor of λ as a fraction of ``1 / (2 √δ)``, ``"auto"`` or ``None`` (see R2VPO)
+    :param lagrange_multiplier_floor: Floor of λ as a fraction of ``1 / (2 √δ)``, ``"auto"`` (default) or ``None`` (see R2VPO)
     :param dual_update: ``"multiplicative"`` or ``"linear"``
     :param dual_step_size: The dual step size η
     :param dual_step_clip: Bound on one dual step's violation: ``c``, ``(down, up)`` or ``None`` (see R2VPO)
     :param dual_update_frequency: ``"minibatch"``, ``"epoch"`` or ``"rollout"`` (see R2VPO)
     :param dual_variance_estimate: ``"minibatch"`` or ``"rollout"`` (see R2VPO)
-    :param variance_center: ``"mean"`` (second central moment) or ``"one"`` (chi-square estimate)
+    :param variance_center: ``"one"`` (chi-square estimate, default) or ``"mean"`` (second central moment; see R2VPO)
     :param log_ratio_guard: Numerical clamp of the log-ratio
     :param replay_rollouts: Must be 0 (replay is refused for recurrent policies, see above)
     :param replay_advantage: Accepted for a uniform signature; no effect without replay
