@@ -523,3 +523,13 @@ def test_a_stored_rollout_moved_to_a_device_keeps_every_field():
     # Absent optional fields stay absent.
     bare = dataclasses.replace(rollout, terminal_index=None, terminal_obs=None, action_masks=None)
     assert bare.to(th.device("meta")).terminal_obs is None and bare.to(th.device("meta")).action_masks is None
+
+
+def test_snapshot_refuses_a_buffer_that_get_has_flattened():
+    """Found by mutation testing: the guard's message was never checked."""
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=8, n_epochs=1, replay_rollouts=1, seed=0)
+    model.learn(16)
+    next(model.rollout_buffer.get(8))  # the full buffer, flattened for minibatches as PPO's train() does
+    assert model.rollout_buffer.generator_ready
+    with pytest.raises(RuntimeError, match=r"snapshot\(\) needs the rollout buffer before get\(\) flattened it"):
+        model.replay.snapshot(model.rollout_buffer, model._last_obs, model._last_episode_starts, index=1)
