@@ -63,10 +63,14 @@ def assert_same_optimizer(resumed: dict, saved: dict) -> None:
             assert th.equal(th.as_tensor(resumed["state"][key][name]), th.as_tensor(value)), (key, name)
 
 
+FREE_R2VPO = "r2vpo[lagrange_multiplier_floor=null]"
+
+
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "results"
-    # InvertedPendulum-v5: R2VPO's entry has 32-step rollouts on one env, and VecNormalize.
-    args = ["run", "--envs", "InvertedPendulum-v5", "--algos", "r2vpo", "--seeds", "0", "--steps", "3000"]
+    # InvertedPendulum-v5: R2VPO's entry has 32-step rollouts on one env, and VecNormalize. Without the λ floor, whose
+    # rule holds λ at λ* for rollouts this small, so that λ moves and the checkpoint's λ differs from the initial one.
+    args = ["run", "--envs", "InvertedPendulum-v5", "--algos", FREE_R2VPO, "--seeds", "0", "--steps", "3000"]
     args += ["--eval-points", "12", "--eval-episodes", "1", "--checkpoint-every", "3", "--jobs", "1", "--out", str(out)]
     process = subprocess.Popen(
         [sys.executable, "-m", "sb3_r2vpo.benchmark", *args],
@@ -74,7 +78,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    folder = out / "runs" / "InvertedPendulum-v5" / "r2vpo" / "seed0"
+    folder = out / "runs" / "InvertedPendulum-v5" / FREE_R2VPO / "seed0"
     manifest_file, partial = folder / CHECKPOINT_FILE, folder / "curve.partial.csv"
 
     def evaluated_past_checkpoint() -> bool:  # killed after an evaluation that the checkpoint does not hold
@@ -100,14 +104,14 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert sorted(manifest["files"].values()) == sorted(path.name for path in saved.glob("*-*.*"))
     checkpoint = R2VPO.load(saved / manifest["files"]["model"])
     stats = VecNormalize.load(
-        str(saved / manifest["files"]["vecnormalize"]), configure("r2vpo", "InvertedPendulum-v5").preset.make_env().venv
+        str(saved / manifest["files"]["vecnormalize"]), configure(FREE_R2VPO, "InvertedPendulum-v5").preset.make_env().venv
     )
     # The checkpoint holds learned state, not the initial one.
-    assert checkpoint.lagrange_multiplier != configure("r2vpo", "InvertedPendulum-v5").make_model(0).lagrange_multiplier
+    assert checkpoint.lagrange_multiplier != configure(FREE_R2VPO, "InvertedPendulum-v5").make_model(0).lagrange_multiplier
     assert checkpoint.num_timesteps == manifest["env_steps"] and manifest["env_steps"] % 32 == 0
 
     resumed = state_at_resume(monkeypatch)
-    run_one(RunSpec("r2vpo", "InvertedPendulum-v5", 0, 3000, 12, 1, checkpoint_every=3), out)  # in this process
+    run_one(RunSpec(FREE_R2VPO, "InvertedPendulum-v5", 0, 3000, 12, 1, checkpoint_every=3), out)  # in this process
     (run,) = load_runs(out)
     # 3000 steps train 3008 (94 rollouts of 32): every evaluation once, none missing, as if never killed.
     assert run["env_steps"] == 3008
