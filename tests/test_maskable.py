@@ -163,8 +163,11 @@ def test_masks_change_the_log_probs_the_loss_sees(space_name, recorder):
     th.testing.assert_close(masked_batch.log_prob.double(), by_hand, rtol=0, atol=1e-5)
     th.testing.assert_close(unmasked_batch.log_prob.double(), unmasked, rtol=0, atol=1e-5)
 
-    # One update on exactly this minibatch: the loss sees ratio 1 everywhere, and λ steps on a variance of 0.
-    tap = _RatioTap("MlpPolicy", MASKED_ENVS[space_name](), n_steps=4, batch_size=4, n_epochs=1, seed=0)
+    # One update on exactly this minibatch: the loss sees ratio 1 everywhere, and λ steps on a variance of 0 (without
+    # the default floor, which holds λ at λ* on rollouts of 4 samples).
+    tap = _RatioTap(
+        "MlpPolicy", MASKED_ENVS[space_name](), n_steps=4, batch_size=4, n_epochs=1, seed=0, lagrange_multiplier_floor=None
+    )
     tap.policy.load_state_dict(model.policy.state_dict())
     tap.seen_ratios = []
     tap._minibatches = lambda replay_batch: iter([(samples, None, None)])
