@@ -27,6 +27,8 @@ from tests.conftest import attach
 th.set_num_threads(1)
 
 SMALL = dict(n_steps=64, batch_size=32, n_epochs=2)
+# The pure dual ascent, for the tests that need λ to move: the default floor holds λ at λ* on rollouts of ≤ 64 samples.
+FREE = dict(lagrange_multiplier_floor=None)
 
 
 def _env_cases():
@@ -61,7 +63,7 @@ def _observations(model, n: int = 5):
 def test_learn_predict_save_load_continue(case, n_envs, tmp_path):
     make_env, policy, extra = _env_cases()[case]
     env = make_vec_env(make_env, n_envs=n_envs, seed=0)
-    model = R2VPO(policy, env, seed=0, **SMALL, **extra)
+    model = R2VPO(policy, env, seed=0, **SMALL, **FREE, **extra)
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     assert model.lagrange_multiplier != pytest.approx(model._default_initial_multiplier())
@@ -135,14 +137,14 @@ def test_same_seed_gives_identical_rewards_and_multiplier_trajectory():
     traces = []
     for _ in range(2):
         trace = MultiplierTrace()
-        R2VPO("MlpPolicy", "CartPole-v1", seed=7, **SMALL).learn(64 * 5, callback=trace)
+        R2VPO("MlpPolicy", "CartPole-v1", seed=7, **SMALL, **FREE).learn(64 * 5, callback=trace)
         traces.append(trace)
     assert traces[0].rewards == traces[1].rewards
     assert traces[0].multipliers == traces[1].multipliers
     assert len(set(traces[0].multipliers)) > 2  # λ moved, so the comparison is not vacuous
 
     other = MultiplierTrace()
-    R2VPO("MlpPolicy", "CartPole-v1", seed=8, **SMALL).learn(64 * 5, callback=other)
+    R2VPO("MlpPolicy", "CartPole-v1", seed=8, **SMALL, **FREE).learn(64 * 5, callback=other)
     assert other.multipliers != traces[0].multipliers
 
 
@@ -369,7 +371,7 @@ def _without_member(source, target, member: str) -> None:
 
 
 def test_set_parameters_carries_the_multiplier(tmp_path):
-    source = R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL).learn(64 * 3)
+    source = R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL, **FREE).learn(64 * 3)
     target = R2VPO("MlpPolicy", "CartPole-v1", seed=1, **SMALL)
     assert target.lagrange_multiplier != source.lagrange_multiplier
     assert set(source.get_parameters()) == {"policy", "policy.optimizer", "lagrange_multiplier"}
