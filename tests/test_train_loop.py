@@ -156,8 +156,11 @@ def multiplier_after(model: R2VPO, multiplier: float, variance: float, delta: fl
     else:
         value = multiplier + model.dual_step_size * min(max(variance - delta, -down * delta), up * delta)
     lower = model.lagrange_multiplier_min
-    if model.lagrange_multiplier_floor is not None:
-        lower = min(max(lower, model.lagrange_multiplier_floor / (2.0 * math.sqrt(delta))), model.lagrange_multiplier_max)
+    fraction = model.lagrange_multiplier_floor
+    if fraction == "auto":  # the rollout-size rule, written out: min(1, √(64 / N))
+        fraction = min(1.0, math.sqrt(64 / (model.n_steps * model.n_envs)))
+    if fraction is not None:
+        lower = min(max(lower, fraction / (2.0 * math.sqrt(delta))), model.lagrange_multiplier_max)
     return min(max(value, lower), model.lagrange_multiplier_max)
 
 
@@ -278,12 +281,21 @@ def test_a_large_entropy_coefficient_raises_the_entropy():
 
 # ------------------------------------------------------------------------------------------ the dual step's input
 
+# Without a floor unless the case names one: the default floor holds λ at λ* on these 64-sample rollouts.
 DUAL_CASES = {
-    "unclipped": dict(dual_step_clip=None),
-    "asymmetric": dict(dual_step_clip=(0.5, 2.0)),
-    "linear": dict(dual_update="linear", dual_step_size=200.0, dual_step_clip=None, lagrange_multiplier_min=0.0),
+    "unclipped": dict(dual_step_clip=None, lagrange_multiplier_floor=None),
+    "asymmetric": dict(dual_step_clip=(0.5, 2.0), lagrange_multiplier_floor=None),
+    "linear": dict(
+        dual_update="linear",
+        dual_step_size=200.0,
+        dual_step_clip=None,
+        lagrange_multiplier_min=0.0,
+        lagrange_multiplier_floor=None,
+    ),
     "floor": dict(dual_step_clip=None, lagrange_multiplier_floor=0.5, dual_step_size=0.5),
-    "schedule": dict(dual_step_clip=None, variance_target=lambda progress: 1e-3 + 4e-3 * progress),
+    "schedule": dict(
+        dual_step_clip=None, lagrange_multiplier_floor=None, variance_target=lambda progress: 1e-3 + 4e-3 * progress
+    ),
     # δ falls between the updates, so the floor rises above where λ ended: the next update starts lifted to it.
     "floor_schedule": dict(
         dual_step_clip=None,
@@ -344,6 +356,7 @@ def test_epoch_dual_step_takes_the_mean_of_the_epoch_minibatch_variances():
         learning_rate=3e-3,
         variance_target=2e-3,
         dual_step_clip=None,
+        lagrange_multiplier_floor=None,
         dual_update_frequency="epoch",
         **TINY,
     )
