@@ -413,7 +413,17 @@ class KLTrace(R2VPO):
 
 def test_target_kl_with_replay_measures_this_update(recorder):
     target_kl = 2e-4
-    model = KLTrace("MlpPolicy", "CartPole-v1", seed=0, replay_rollouts=2, target_kl=target_kl, learning_rate=1e-3, **SMALL)
+    # Without the default floor (λ held at λ* on 64-sample rollouts): the policy must move enough between rollouts.
+    model = KLTrace(
+        "MlpPolicy",
+        "CartPole-v1",
+        seed=0,
+        replay_rollouts=2,
+        target_kl=target_kl,
+        learning_rate=1e-3,
+        lagrange_multiplier_floor=None,
+        **SMALL,
+    )
     model.kls, model.behaviour_kls = [], []
     attach(model, recorder)
     model.learn(64 * 8)

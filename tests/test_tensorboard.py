@@ -25,7 +25,17 @@ def test_event_files_hold_the_lagrange_multiplier(tmp_path):
     require("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, tensorboard_log=str(tmp_path), seed=0)
+    # Without the default floor, which holds λ at λ* on 64-sample rollouts: λ must move for the check to mean anything.
+    model = R2VPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        tensorboard_log=str(tmp_path),
+        seed=0,
+        lagrange_multiplier_floor=None,
+    )
     callback = MultiplierAtRolloutStart()
     model.learn(3 * 64, tb_log_name="r2vpo", callback=callback)
     (run,) = tmp_path.iterdir()
