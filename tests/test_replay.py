@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +22,14 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_r2vpo import R2VPO
-from sb3_r2vpo.r2vpo.replay import StoredRollout, build_replay_batch, compute_gae, compute_vtrace, rollout_nbytes
+from sb3_r2vpo.r2vpo.replay import (
+    StoredRollout,
+    available_memory_bytes,
+    build_replay_batch,
+    compute_gae,
+    compute_vtrace,
+    rollout_nbytes,
+)
 from tests.conftest import attach
 from tests.envs import DictMultiBinaryEnv, Float64ActionEnv, RecordingWrapper, TruncatingEnv
 
@@ -543,3 +551,23 @@ def test_snapshot_refuses_a_buffer_that_get_has_flattened():
     assert model.rollout_buffer.generator_ready
     with pytest.raises(RuntimeError, match=r"snapshot\(\) needs the rollout buffer before get\(\) flattened it"):
         model.replay.snapshot(model.rollout_buffer, model._last_obs, model._last_episode_starts, index=1)
+
+
+def test_fresh_and_stale_variances_need_two_samples_each():
+    """Found by mutation testing: a group of one sample must log NaN, not the 0 that var() of one value gives."""
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=8, replay_rollouts=1, seed=0)
+    ratio = th.tensor([0.9, 1.0, 1.3, 2.0])
+    fresh, stale = model._fresh_and_stale_variance(ratio, th.tensor([0, 0, 0, 1]))
+    assert fresh == pytest.approx(float(np.var([0.9, 1.0, 1.3]))) and np.isnan(stale)
+    fresh, stale = model._fresh_and_stale_variance(ratio, th.tensor([0, 2, 1, 1]))
+    assert np.isnan(fresh) and stale == pytest.approx(float(np.var([1.0, 1.3, 2.0])))
+
+
+def test_available_cpu_memory_is_memavailable():
+    """Found by mutation testing: reading /proc/meminfo wrongly fell back to free pages unnoticed."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        pytest.skip("no /proc/meminfo on this platform")
+    (line,) = [line for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable:")]
+    expected = int(line.split()[1]) * 1024
+    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.05)
