@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -570,4 +571,16 @@ def test_available_cpu_memory_is_memavailable():
         pytest.skip("no /proc/meminfo on this platform")
     (line,) = [line for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable:")]
     expected = int(line.split()[1]) * 1024
+    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.05)
+
+
+def test_available_cpu_memory_falls_back_to_free_pages(monkeypatch):
+    """Without /proc/meminfo (macOS, a sandbox) the free physical pages are counted (a mutmut survivor)."""
+    from sb3_r2vpo.r2vpo import replay
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(replay, "open", no_proc, raising=False)
+    expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.05)
