@@ -571,7 +571,7 @@ def test_available_cpu_memory_is_memavailable():
         pytest.skip("no /proc/meminfo on this platform")
     (line,) = [line for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable:")]
     expected = int(line.split()[1]) * 1024
-    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.05)
+    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.1)
 
 
 def test_available_cpu_memory_falls_back_to_free_pages(monkeypatch):
@@ -583,4 +583,5 @@ def test_available_cpu_memory_falls_back_to_free_pages(monkeypatch):
 
     monkeypatch.setattr(replay, "open", no_proc, raising=False)
     expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.05)
+    # Free pages move with the page cache between the two reads: the same quantity, not the same byte count.
+    assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.5)
