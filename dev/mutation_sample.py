@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 MUTANTS = Path("mutants")
-# mutmut 3's exit codes (mutmut.stats.status_by_exit_code): a failing test run or a CPU-time kill is a kill.
-KILLED = {1, 3, -24, 24, 36, 152, 255}
-SURVIVED = {0, 5, 33}
+# mutmut's own reading of its exit codes; a test run that failed or ran out of CPU time is a kill.
+KILLED = ("killed", "timeout")
+SURVIVED = ("survived", "no tests")
 # A mutant whose tests take a second: running it makes mutmut generate (and map to tests) every other mutant.
 CHEAP_MUTANT = "sb3_r2vpo.r2vpo.objective.x_stationary_multiplier__mutmut_1"
 
@@ -40,8 +40,12 @@ def mutant_names(module: str) -> list[str]:
     return sorted(json.loads(path.read_text())["exit_code_by_key"])
 
 
-def exit_codes(module: str) -> dict[str, int | None]:
-    return json.loads(meta_path(module).read_text())["exit_code_by_key"]
+def statuses(module: str) -> dict[str, str]:
+    """Each mutant's status as mutmut names it (``killed``, ``survived``, ``not checked``, ...)."""
+    from mutmut.stats import status_by_exit_code
+
+    codes = json.loads(meta_path(module).read_text())["exit_code_by_key"]
+    return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
 def wilson_interval(killed: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -68,21 +72,21 @@ def report(chosen: dict[str, list[str]]) -> int:
     unchecked = 0
     all_killed = all_total = 0
     for module, names in chosen.items():
-        codes = exit_codes(module)
-        killed = sum(codes.get(name) in KILLED for name in names)
-        survived = [name for name in names if codes.get(name) in SURVIVED]
-        other = [name for name in names if codes.get(name) not in KILLED | SURVIVED]
+        status = statuses(module)
+        killed = sum(status[name] in KILLED for name in names)
+        survived = [name for name in names if status[name] in SURVIVED]
+        other = [name for name in names if status[name] not in KILLED + SURVIVED]
         unchecked += len(other)
         total = killed + len(survived)
         low, high = wilson_interval(killed, total)
         print(
             f"{module}.py: {killed} of {total} sampled mutants killed ({killed / max(total, 1):.0%}, "
-            f"95% CI {low:.0%}–{high:.0%}; {len(mutant_names(module))} mutants in all)"
+            f"95% CI {low:.0%}–{high:.0%}; {len(status)} mutants in all)"
         )
         for name in survived:
             print(f"  survived: {name}")
         for name in other:
-            print(f"  not checked or suspicious ({codes.get(name)}): {name}")
+            print(f"  {status[name]}: {name}")
         all_killed += killed
         all_total += total
     low, high = wilson_interval(all_killed, all_total)

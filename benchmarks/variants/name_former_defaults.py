@@ -24,6 +24,7 @@ or ran with today's defaults, are left alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from urllib.parse import unquote
@@ -34,6 +35,7 @@ from sb3_r2vpo.benchmark.algorithms import canonical_name, parse_variant
 FORMER_DEFAULTS = {"lagrange_multiplier_floor": None, "variance_center": "mean"}
 
 
+@functools.cache
 def todays_defaults() -> dict:
     """The two arguments' defaults as the library has them now (R2VPO's constructor)."""
     from sb3_r2vpo import R2VPO
