@@ -41,7 +41,7 @@ def suggest_r2vpo_params(trial: optuna.Trial, additional_args: dict | None = Non
         "dual_step_size": trial.suggest_float("dual_step_size", 0.005, 0.5, log=True),
         "dual_update": trial.suggest_categorical("dual_update", ["multiplicative", "linear"]),
         "dual_update_frequency": trial.suggest_categorical("dual_update_frequency", ["minibatch", "epoch"]),
-        "variance_center": trial.suggest_categorical("variance_center", ["mean", "one"]),
+        "variance_center": trial.suggest_categorical("variance_center", ["mean", "one", "start"]),
         "replay_rollouts": trial.suggest_categorical("replay_rollouts", [0, 1, 2, 4]),
         "n_steps_pow": trial.suggest_int("n_steps_pow", 5, max(5, max_n_steps_pow)),
         "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),

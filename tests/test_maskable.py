@@ -117,9 +117,9 @@ def _log_prob_by_hand(logits: th.Tensor, sizes: list[int], action: list[int], ma
 class _RatioTap(MaskableR2VPO):
     """Records the ratios the policy loss is given."""
 
-    def _policy_loss(self, ratio, advantages, variance_target):
+    def _policy_loss(self, ratio, advantages, variance_target, start_ratio=None):
         self.seen_ratios.append(ratio.detach().clone())
-        return super()._policy_loss(ratio, advantages, variance_target)
+        return super()._policy_loss(ratio, advantages, variance_target, start_ratio)
 
 
 @pytest.mark.parametrize("space_name", list(MASKED_ENVS))

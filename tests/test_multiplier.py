@@ -41,9 +41,9 @@ class Probe(R2VPO):
         self.measure_at_dual_step = False
         self.measured: list[float] = []
 
-    def _policy_loss(self, ratio, advantages, variance_target):
+    def _policy_loss(self, ratio, advantages, variance_target, start_ratio=None):
         self.losses.append((len(self.updates), self.lagrange_multiplier, variance_target))
-        return super()._policy_loss(ratio, advantages, variance_target)
+        return super()._policy_loss(ratio, advantages, variance_target, start_ratio)
 
     def _step_dual(self, variance, variance_target):
         before = self.lagrange_multiplier
@@ -319,8 +319,8 @@ def _first_update(**kwargs):
     variances: list[float] = []
     policy_loss = model._policy_loss
 
-    def recording(ratio, advantages, variance_target):
-        result = policy_loss(ratio, advantages, variance_target)
+    def recording(ratio, advantages, variance_target, start_ratio=None):
+        result = policy_loss(ratio, advantages, variance_target, start_ratio)
         variances.append(float(result[2].detach()))
         return result
 

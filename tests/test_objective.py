@@ -33,6 +33,40 @@ def test_variance_value_and_gradient_match_analytic_form(center):
     th.testing.assert_close(gradient, 2 * (ratio.detach() - reference) / ratio.numel())
 
 
+def test_start_centre_without_start_ratios_is_the_chi_square():
+    # On the on-policy path μ is the policy at the start of the update: every r_start is 1.
+    ratio = th.tensor([0.5, 0.9, 1.0, 1.3, 2.2], dtype=F64)
+    chi_square = ((ratio - 1.0) ** 2).mean().item()
+    assert ratio_variance(ratio, "start").item() == pytest.approx(chi_square)
+    assert ratio_variance(ratio, "start", th.ones(5, dtype=F64)).item() == pytest.approx(chi_square)
+
+
+def test_start_centre_counts_only_this_updates_change():
+    ratio = th.tensor([0.5, 0.9, 1.0, 1.3, 2.2], dtype=F64, requires_grad=True)
+    start_ratio = th.tensor([0.6, 0.9, 1.4, 1.0, 2.0], dtype=F64, requires_grad=True)
+    variance = ratio_variance(ratio, "start", start_ratio)
+    # (−0.1)², 0, (−0.4)², 0.3², 0.2² → 0.30 / 5
+    assert variance.item() == pytest.approx(0.06)
+    # A ratio still at its start value adds nothing, however far its behaviour policy lies behind.
+    assert ratio_variance(start_ratio.detach(), "start", start_ratio).item() == 0.0
+    (gradient,) = th.autograd.grad(variance, ratio)
+    th.testing.assert_close(gradient, 2 * (ratio.detach() - start_ratio.detach()) / ratio.numel())
+    # The centre is a constant of the update: no gradient reaches it.
+    variance = ratio_variance(ratio, "start", start_ratio)
+    assert th.autograd.grad(variance, start_ratio, allow_unused=True)[0] is None
+    with pytest.raises(ValueError, match=r"start_ratio has shape \(4,\), the ratios \(5,\)"):
+        ratio_variance(ratio, "start", start_ratio[:4])
+
+
+def test_policy_objective_passes_the_start_ratios():
+    ratio = th.tensor([0.8, 1.2, 1.5], dtype=F64)
+    advantages = th.tensor([1.0, -1.0, 2.0], dtype=F64)
+    start_ratio = th.tensor([1.0, 1.0, 1.5], dtype=F64)
+    loss, surrogate, variance = policy_objective(ratio, advantages, 2.0, 0.01, "start", start_ratio)
+    assert variance.item() == pytest.approx((0.04 + 0.04 + 0.0) / 3)
+    assert loss.item() == pytest.approx(surrogate.item() + 2.0 * (variance.item() - 0.01))
+
+
 def test_unknown_center_is_rejected():
     with pytest.raises(ValueError, match="variance_center"):
         ratio_variance(th.ones(3), "median")

@@ -116,9 +116,9 @@ class _OneBatch(RecurrentR2VPO):
     def _rollout_ratio_variance(self, replay_batch):
         return 0.0
 
-    def _policy_loss(self, ratio, advantages, variance_target):
+    def _policy_loss(self, ratio, advantages, variance_target, start_ratio=None):
         self.seen = (ratio.detach().clone(), advantages.detach().clone())
-        return super()._policy_loss(ratio, advantages, variance_target)
+        return super()._policy_loss(ratio, advantages, variance_target, start_ratio)
 
 
 def _padded_batch(model: RecurrentR2VPO, padding: float) -> tuple[RecurrentRolloutBufferSamples, list[th.Tensor]]:

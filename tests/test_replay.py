@@ -585,3 +585,45 @@ def test_available_cpu_memory_falls_back_to_free_pages(monkeypatch):
     expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     # Free pages move with the page cache between the two reads: the same quantity, not the same byte count.
     assert available_memory_bytes(th.device("cpu")) == pytest.approx(expected, rel=0.5)
+
+
+class VarianceTrace(R2VPO):
+    """Per update: each minibatch's log-probabilities (current, behaviour, start of update) and the variance used."""
+
+    def train(self) -> None:
+        self.traces.append([])
+        super().train()
+
+    def _minibatch(self, rollout_data, ages, start_log_prob):
+        batch = super()._minibatch(rollout_data, ages, start_log_prob)
+        self._last = (batch.log_prob.detach(), batch.old_log_prob, batch.start_log_prob, batch.ages)
+        return batch
+
+    def _policy_loss(self, ratio, advantages, variance_target, start_ratio=None):
+        losses = super()._policy_loss(ratio, advantages, variance_target, start_ratio)
+        self.traces[-1].append((*self._last, float(losses[2].detach())))
+        return losses
+
+
+@pytest.mark.parametrize("center", ["one", "start"])
+def test_start_centre_with_replay_counts_only_this_updates_change(center):
+    model = VarianceTrace(
+        "MlpPolicy", "Pendulum-v1", seed=0, replay_rollouts=2, variance_center=center, learning_rate=3e-3, **SMALL
+    )
+    model.traces = []
+    model.learn(64 * 5)
+    stale_updates = [trace for trace in model.traces if any(bool((ages > 0).any()) for *_, ages, _ in trace)]
+    assert len(stale_updates) >= 3
+    for trace in stale_updates:
+        for log_prob, old_log_prob, start_log_prob, _, variance in trace:
+            # The centre, computed here from the log-probabilities: 1 under "one"; π_start / μ under "start".
+            centre = th.exp(start_log_prob - old_log_prob) if center == "start" else 1.0
+            expected = th.mean((th.exp(log_prob - old_log_prob) - centre) ** 2).item()
+            assert variance == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    first_variances = [trace[0][-1] for trace in stale_updates]
+    if center == "start":
+        # Before this update's first gradient step nothing has changed, however stale the samples.
+        assert max(first_variances) < 1e-9
+    else:
+        # Not vacuous: the χ² centre counts the replayed samples' drift from earlier updates at once.
+        assert min(first_variances) > 1e-4

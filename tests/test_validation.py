@@ -50,7 +50,7 @@ th.set_num_threads(1)
             ValueError,
             r"`dual_update` must be one of \('multiplicative', 'linear'\), got 'additive'",
         ),
-        (dict(variance_center="median"), ValueError, r"`variance_center` must be one of \('mean', 'one'\)"),
+        (dict(variance_center="median"), ValueError, r"`variance_center` must be one of \('mean', 'one', 'start'\)"),
         (
             dict(dual_update_frequency="update"),
             ValueError,

@@ -22,7 +22,9 @@ class SPO(R2VPO):
         self.spo_epsilon = float(spo_epsilon)
         super().__init__(*args, **kwargs)
 
-    def _policy_loss(self, ratio: th.Tensor, advantages: th.Tensor, variance_target: float):
+    def _policy_loss(
+        self, ratio: th.Tensor, advantages: th.Tensor, variance_target: float, start_ratio: th.Tensor | None = None
+    ):
         surrogate_loss = -th.mean(ratio * advantages)
         penalty = th.mean(advantages.abs() * (ratio - 1.0) ** 2) / (2.0 * self.spo_epsilon)
         variance = th.mean((ratio - ratio.mean()) ** 2)

@@ -749,10 +749,22 @@ class R2VPOMixin:
         return float(min(max(stationary, self.lagrange_multiplier_min), self.lagrange_multiplier_max))
 
     def _policy_loss(
-        self, ratio: th.Tensor, advantages: th.Tensor, variance_target: float
+        self, ratio: th.Tensor, advantages: th.Tensor, variance_target: float, start_ratio: th.Tensor | None = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """``(policy_loss, surrogate_loss, ratio_variance)`` of one minibatch; see :func:`policy_objective`."""
-        return policy_objective(ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center)
+        return policy_objective(
+            ratio, advantages, self.lagrange_multiplier, variance_target, self.variance_center, start_ratio
+        )
+
+    def _start_ratio(self, batch: _Minibatch) -> th.Tensor | None:
+        """
+        Each sample's ratio ``π_start / μ`` at the start of the update, the centre of ``variance_center="start"``:
+        only replay batches carry ``π_start`` (on the on-policy path μ is ``π_start``, so the centre is 1: ``None``).
+        """
+        if self.variance_center != "start" or batch.start_log_prob is None:
+            return None
+        log_ratio = th.clamp(batch.start_log_prob - batch.old_log_prob, -self.log_ratio_guard, self.log_ratio_guard)
+        return th.exp(log_ratio)
 
     def _variance_target_now(self) -> float:
         """δ for this update: the schedule's value, held at ``MIN_VARIANCE_TARGET`` where it anneals to 0."""
@@ -960,7 +972,9 @@ class R2VPOMixin:
 
                 log_ratio = log_prob - batch.old_log_prob
                 ratio = th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard))
-                policy_loss, surrogate_loss, variance = self._policy_loss(ratio, advantages, variance_target)
+                policy_loss, surrogate_loss, variance = self._policy_loss(
+                    ratio, advantages, variance_target, self._start_ratio(batch)
+                )
 
                 if clip_range_vf is None:
                     values_pred = batch.values

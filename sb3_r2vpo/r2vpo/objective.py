@@ -7,7 +7,7 @@ import math
 
 import torch as th
 
-VARIANCE_CENTERS = ("mean", "one")
+VARIANCE_CENTERS = ("mean", "one", "start")
 DUAL_UPDATES = ("multiplicative", "linear")
 # The value of ``lagrange_multiplier_floor`` that takes the floor fraction from the rollout size.
 FLOOR_BY_ROLLOUT_SIZE = "auto"
@@ -20,19 +20,29 @@ MIN_VARIANCE_TARGET = 1e-6
 StepClip = float | tuple[float, float] | None
 
 
-def ratio_variance(ratio: th.Tensor, center: str = "mean") -> th.Tensor:
+def ratio_variance(ratio: th.Tensor, center: str = "mean", start_ratio: th.Tensor | None = None) -> th.Tensor:
     """
     Second moment of the policy ratio over a minibatch.
 
     :param ratio: Importance ratios ``pi_theta(a|s) / mu(a|s)``, shape ``(batch,)``.
     :param center: ``"mean"`` centres on the minibatch mean (second central moment, biased estimator);
-        ``"one"`` centres on 1, the chi-square estimate ``mean((r - 1)^2)`` (``E_mu[r] = 1``).
+        ``"one"`` centres on 1, the chi-square estimate ``mean((r - 1)^2)`` (``E_mu[r] = 1``); ``"start"`` centres
+        each ratio on its own value at the start of the update, ``mean((r - r_start)^2)``: what this update
+        changes. On fresh samples ``r_start = 1`` (μ is the policy at the start of the update), so ``"start"``
+        equals ``"one"`` on the on-policy path; on a replayed sample ``r_start = pi_start / mu`` carries the drift
+        of earlier updates, which this update cannot undo and ``"one"`` would count against δ.
+    :param start_ratio: ``r_start`` per sample, shape ``(batch,)``, no gradient; ``None``: 1 for every sample.
+        Only read under ``"start"``.
     :return: Scalar tensor, differentiable with respect to ``ratio``.
     """
     if center == "mean":
         return th.mean((ratio - ratio.mean()) ** 2)
-    if center == "one":
+    if center == "one" or (center == "start" and start_ratio is None):
         return th.mean((ratio - 1.0) ** 2)
+    if center == "start":
+        if start_ratio.shape != ratio.shape:
+            raise ValueError(f"start_ratio has shape {tuple(start_ratio.shape)}, the ratios {tuple(ratio.shape)}")
+        return th.mean((ratio - start_ratio.detach()) ** 2)
     raise ValueError(f"variance_center must be one of {VARIANCE_CENTERS}, got {center!r}")
 
 
@@ -42,6 +52,7 @@ def policy_objective(
     lagrange_multiplier: float,
     variance_target: float,
     center: str = "mean",
+    start_ratio: th.Tensor | None = None,
 ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
     """
     Lagrangian of the variance-constrained surrogate, to be minimised over the policy with λ held fixed:
@@ -52,10 +63,11 @@ def policy_objective(
     :param lagrange_multiplier: Current λ (a plain float, so no gradient flows into it).
     :param variance_target: The variance bound δ.
     :param center: See :func:`ratio_variance`.
+    :param start_ratio: See :func:`ratio_variance`.
     :return: ``(policy_loss, surrogate_loss, variance)`` where ``surrogate_loss = -mean(r * A)``.
     """
     surrogate_loss = -th.mean(ratio * advantages)
-    variance = ratio_variance(ratio, center)
+    variance = ratio_variance(ratio, center, start_ratio)
     return surrogate_loss + lagrange_multiplier * (variance - variance_target), surrogate_loss, variance
 
 

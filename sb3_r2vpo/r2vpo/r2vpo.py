@@ -99,8 +99,10 @@ class R2VPO(R2VPOMixin, OnPolicyAlgorithm):
         ``"rollout"`` is refused with ``"minibatch"`` frequency, and implied (this argument is ignored) under
         ``"rollout"`` frequency.
     :param variance_center: ``"one"`` (default: the chi-square estimate ``mean((r − 1)²)``, which also sees a
-        common drift of all ratios) or ``"mean"`` (the second central moment about the minibatch's mean ratio,
-        the default before issue 13)
+        common drift of all ratios), ``"mean"`` (the second central moment about the minibatch's mean ratio,
+        the default before issue 13) or ``"start"`` (each ratio centred on its value at the start of the update:
+        the same as ``"one"`` without replay; with replay a stale sample's drift from earlier updates, which
+        this update cannot undo, does not count against δ)
     :param log_ratio_guard: Numerical guard: the log-ratio is clamped to ``[−g, g]`` before ``exp``. It must
         not act as a trust region; ``train/logratio_guard_fraction`` logs how often it fires.
     :param replay_rollouts: K, the number of previous rollouts kept and trained on again (0: on-policy). Each

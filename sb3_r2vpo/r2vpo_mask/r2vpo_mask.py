@@ -55,7 +55,8 @@ class MaskableR2VPO(R2VPOMixin, MaskablePPO):
     :param dual_step_clip: Bound on one dual step's violation: ``c``, ``(down, up)`` or ``None`` (see R2VPO)
     :param dual_update_frequency: ``"minibatch"``, ``"epoch"`` or ``"rollout"`` (see R2VPO)
     :param dual_variance_estimate: ``"minibatch"`` or ``"rollout"`` (see R2VPO)
-    :param variance_center: ``"one"`` (chi-square estimate, default) or ``"mean"`` (second central moment; see R2VPO)
+    :param variance_center: ``"one"`` (chi-square estimate, default), ``"mean"`` (second central moment) or
+        ``"start"`` (centred on each ratio's value at the start of the update; see R2VPO)
     :param log_ratio_guard: Numerical clamp of the log-ratio
     :param replay_rollouts: K previous rollouts trained on again, with their masks (0: on-policy; see R2VPO)
     :param replay_advantage: ``"gae"`` or ``"vtrace"``: how stale rollouts get fresh advantages

@@ -59,7 +59,8 @@ class RecurrentR2VPO(R2VPOMixin, RecurrentPPO):
     :param dual_step_clip: Bound on one dual step's violation: ``c``, ``(down, up)`` or ``None`` (see R2VPO)
     :param dual_update_frequency: ``"minibatch"``, ``"epoch"`` or ``"rollout"`` (see R2VPO)
     :param dual_variance_estimate: ``"minibatch"`` or ``"rollout"`` (see R2VPO)
-    :param variance_center: ``"one"`` (chi-square estimate, default) or ``"mean"`` (second central moment; see R2VPO)
+    :param variance_center: ``"one"`` (chi-square estimate, default), ``"mean"`` (second central moment) or
+        ``"start"`` (the same as ``"one"`` here: this variant does not replay; see R2VPO)
     :param log_ratio_guard: Numerical clamp of the log-ratio
     :param replay_rollouts: Must be 0 (replay is refused for recurrent policies, see above)
     :param replay_advantage: Accepted for a uniform signature; no effect without replay
