@@ -50,6 +50,9 @@ th.set_num_threads(1)
             ValueError,
             r"`dual_update` must be one of \('multiplicative', 'linear'\), got 'additive'",
         ),
+        # None is no number for an argument that has no "off" value (a mutmut survivor accepted it).
+        (dict(dual_step_size=None), TypeError, r"`dual_step_size` must be a number, got NoneType"),
+        (dict(log_ratio_guard=None), TypeError, r"`log_ratio_guard` must be a number, got NoneType"),
         (dict(variance_center="median"), ValueError, r"`variance_center` must be one of \('mean', 'one', 'start'\)"),
         (
             dict(dual_update_frequency="update"),
