@@ -346,6 +346,17 @@ def test_every_load_override_takes_effect(name, tmp_path):
         assert loaded.ep_info_buffer.maxlen == kwargs.get("stats_window_size", 100)
 
 
+def test_load_with_a_new_stats_window_keeps_the_newest_saved_episodes(tmp_path):
+    """A mutmut survivor: the episode statistics were dropped when stats_window_size was overridden on load."""
+    model = R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL).learn(64 * 4)
+    saved = list(model.ep_info_buffer)
+    assert len(saved) > 3
+    model.save(tmp_path / "model")
+    loaded = R2VPO.load(tmp_path / "model", stats_window_size=3)
+    assert loaded.ep_info_buffer.maxlen == 3
+    assert list(loaded.ep_info_buffer) == saved[-3:]
+
+
 def test_load_refuses_overrides_the_saved_weights_cannot_take(tmp_path):
     model = R2VPO("MlpPolicy", "CartPole-v1", seed=0, initial_lagrange_multiplier=0.5, **SMALL).learn(64 * 2)
     model.save(tmp_path / "model")
