@@ -230,7 +230,7 @@ def _check_step_clip(value: Any) -> StepClip:
     if value is not None and not _is_real(value):
         kind = type(value).__name__
         raise TypeError(f"`dual_step_clip` must be a number, a pair (down, up) of numbers, or None, got {kind}")
-    _check_positive("dual_step_clip", value if value is None else float(value), allow_none=True)
+    _check_positive("dual_step_clip", value, allow_none=True)
     return None if value is None else float(value)
 
 
