@@ -763,8 +763,11 @@ class R2VPOMixin:
         """
         if self.variance_center != "start" or batch.start_log_prob is None:
             return None
-        log_ratio = th.clamp(batch.start_log_prob - batch.old_log_prob, -self.log_ratio_guard, self.log_ratio_guard)
-        return th.exp(log_ratio)
+        return self._guarded_ratio(batch.start_log_prob - batch.old_log_prob)
+
+    def _guarded_ratio(self, log_ratio: th.Tensor) -> th.Tensor:
+        """``exp`` of the log-ratio clamped to ``[−log_ratio_guard, log_ratio_guard]``: the ratio every estimate uses."""
+        return th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard))
 
     def _variance_target_now(self) -> float:
         """δ for this update: the schedule's value, held at ``MIN_VARIANCE_TARGET`` where it anneals to 0."""
@@ -847,7 +850,7 @@ class R2VPOMixin:
                 valid = self._valid_samples(samples)
                 if valid is not None:
                     log_ratio = log_ratio[valid]
-                ratios.append(th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard)))
+                ratios.append(self._guarded_ratio(log_ratio))
         self.policy.set_training_mode(was_training)
         return float(ratio_variance(th.cat(ratios), self.variance_center))
 
@@ -971,7 +974,7 @@ class R2VPOMixin:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
                 log_ratio = log_prob - batch.old_log_prob
-                ratio = th.exp(th.clamp(log_ratio, -self.log_ratio_guard, self.log_ratio_guard))
+                ratio = self._guarded_ratio(log_ratio)
                 policy_loss, surrogate_loss, variance = self._policy_loss(
                     ratio, advantages, variance_target, self._start_ratio(batch)
                 )
