@@ -66,3 +66,25 @@ def test_nonfinite_skip_is_logged(monkeypatch):
     assert all(th.isfinite(p).all() for p in model.policy.parameters())
     assert any(not th.equal(old, new) for old, new in zip(before, _parameters(model), strict=False))
     assert np.isfinite(model.lagrange_multiplier) and model.lagrange_multiplier != multiplier
+
+
+def test_update_with_every_step_skipped_logs_the_unchanged_policys_variance(monkeypatch, recorder):
+    """No gradient step in an update: the final ratio variance is measured on the unchanged policy (0), a float."""
+    model = attach(R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL), recorder)
+    evaluate_actions = model.policy.evaluate_actions
+    calls = {"n": 0}
+
+    def poisoned(observations, actions):
+        values, log_prob, entropy = evaluate_actions(observations, actions)
+        if th.is_grad_enabled():  # the loss's evaluations, not the no-grad rollout variance
+            calls["n"] += 1
+            if calls["n"] <= 4:  # every minibatch of the first update: 64 / 32 samples x 2 epochs
+                log_prob = log_prob * float("nan")
+        return values, log_prob, entropy
+
+    monkeypatch.setattr(model.policy, "evaluate_actions", poisoned)
+    model.learn(64 * 3)
+    assert recorder.series("train/nonfinite_skips") == [4, 0]
+    first, second = recorder.series("train/ratio_variance_final")
+    assert isinstance(first, float) and first == pytest.approx(0.0, abs=1e-10)
+    assert isinstance(second, float) and second > 0  # the second update did step
