@@ -21,8 +21,8 @@ from sb3_r2vpo.r2vpo.r2vpo import PPO_ONLY_ARGUMENTS
 
 # Keys of a zoo entry that describe the environment or the budget rather than R2VPO's constructor.
 _ZOO_ONLY_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
-# R2VPO's own keys that may be written "lin_<value>" too; rl_zoo3 does not know them, so the zoo launcher
-# (sb3_r2vpo.zoo) converts them itself.
+# R2VPO's own keys that may be written "lin_<value>" (or "lin_<initial>_<final>") too; rl_zoo3 does not know them,
+# so the zoo launcher (sb3_r2vpo.zoo) converts them itself.
 R2VPO_SCHEDULABLE_KEYS = ("variance_target",)
 # The keys turned from "lin_<value>" into a linear schedule: rl_zoo3's, and R2VPO's.
 _SCHEDULABLE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", *R2VPO_SCHEDULABLE_KEYS)
@@ -80,17 +80,25 @@ def parse_schedule(key: str, value: str) -> LinearSchedule:
     A zoo schedule string as a schedule of the progress remaining ``p`` (from 1 to 0).
 
     :param key: The hyperparameter it is for (named in the error)
-    :param value: ``"lin_<initial>"``: ``initial · p``, annealed linearly to 0 at the end of training
-    :raises ValueError: ``value`` is not ``lin_<number>``
+    :param value: ``"lin_<initial>"``: ``initial · p``, annealed linearly to 0 at the end of training (rl_zoo3's
+        form). For R2VPO's own keys (``variance_target``) also ``"lin_<initial>_<final>"``: linear from
+        ``initial`` to ``final`` (``final + (initial - final) · p``), e.g. ``lin_0.04_0.01``; rl_zoo3 does not
+        read this form for its own keys, so neither does this loader.
+    :raises ValueError: ``value`` is not ``lin_<number>`` (or ``lin_<number>_<number>`` for R2VPO's keys)
     """
     prefix = "lin_"
+    two_ends = key in R2VPO_SCHEDULABLE_KEYS
     try:
         if not value.startswith(prefix):
             raise ValueError
-        initial = float(value[len(prefix) :])
+        ends = [float(part) for part in value[len(prefix) :].split("_")]
+        if len(ends) > (2 if two_ends else 1):
+            raise ValueError
     except ValueError:
-        raise ValueError(f"{key}: cannot read the schedule {value!r}; write lin_<initial value>, e.g. lin_0.04") from None
-    return LinearSchedule(initial, 0.0, 1.0)
+        forms = "lin_<initial>, e.g. lin_0.04" + (", or lin_<initial>_<final>, e.g. lin_0.04_0.01" if two_ends else "")
+        raise ValueError(f"{key}: cannot read the schedule {value!r}; write {forms}") from None
+    initial, final = ends[0], ends[1] if len(ends) == 2 else 0.0
+    return LinearSchedule(initial, final, 1.0)
 
 
 def _parse_value(key: str, value: Any) -> Any:

@@ -21,7 +21,8 @@ too (rl_zoo3 2.9 has no maskable algorithm of its own); training collects its ro
 rl_zoo3 2.9 has no plugin hook; this follows its SBX guide: add the algorithm to ``rl_zoo3.ALGOS`` (and the
 Optuna sampler to ``rl_zoo3.hyperparams_opt``) before rl_zoo3 parses its arguments. rl_zoo3 turns only its own
 keys (``learning_rate``, ``clip_range``, ...) from ``lin_<value>`` into schedules; R2VPO's schedulable keys
-(``variance_target: lin_0.04``) are converted by a wrapper around its schedule preprocessing.
+(``variance_target: lin_0.04``, or ``lin_0.04_0.01`` from 0.04 to 0.01) are converted by a wrapper around its schedule
+preprocessing.
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ def register() -> None:
 
 def convert_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """
-    Turn R2VPO's schedulable keys written ``lin_<value>`` (e.g. ``variance_target: lin_0.04``) into schedules,
-    as rl_zoo3 does for its own keys; numbers and every other key are left as they are.
+    Turn R2VPO's schedulable keys written ``lin_<value>`` (e.g. ``variance_target: lin_0.04``) or
+    ``lin_<initial>_<final>`` (``lin_0.04_0.01``) into schedules, as rl_zoo3 does for its own keys; numbers and every
+    other key are left as they are.
 
     :param hyperparams: A zoo entry (changed in place)
     :return: ``hyperparams``

@@ -10,7 +10,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_r2vpo import R2VPO, NonFiniteTrainingError
-from sb3_r2vpo.presets import get_preset
+from sb3_r2vpo.presets import get_preset, parse_schedule
 from sb3_r2vpo.r2vpo.objective import (
     MIN_VARIANCE_TARGET,
     clip_violation,
@@ -464,8 +464,40 @@ def test_variance_target_schedule_from_yaml_via_presets(tmp_path, recorder):
     assert model.lagrange_multiplier >= min(0.5 * stationary_multiplier(MIN_VARIANCE_TARGET), model.lagrange_multiplier_max)
 
     config.write_text(YAML_ENTRY.replace("lin_0.04", "lin_x"))
-    with pytest.raises(ValueError, match=r"variance_target: cannot read the schedule 'lin_x'; write lin_<initial value>"):
+    with pytest.raises(
+        ValueError,
+        match=r"variance_target: cannot read the schedule 'lin_x'; write lin_<initial>, e\.g\. lin_0\.04, or lin_<initial>_<final>",  # noqa: E501
+    ):
         get_preset("CartPole-v1", path=config)
+
+
+@pytest.mark.parametrize(
+    ("value", "at_start", "halfway", "at_end"),
+    [("lin_0.04", 0.04, 0.02, 0.0), ("lin_0.04_0.01", 0.04, 0.025, 0.01), ("lin_0.01_0.04", 0.01, 0.025, 0.04)],
+)
+def test_variance_target_schedule_forms(value, at_start, halfway, at_end):
+    """``lin_<initial>`` anneals to 0 (rl_zoo3's form); ``lin_<initial>_<final>`` runs linearly between the two."""
+    schedule = parse_schedule("variance_target", value)
+    assert [schedule(1.0), schedule(0.5), schedule(0.0)] == pytest.approx([at_start, halfway, at_end])
+
+
+@pytest.mark.parametrize("value", ["lin_0.04_0.01_0.001", "lin_0.04_", "lin__0.01", "lin_0.04_x"])
+def test_variance_target_schedule_malformed(value):
+    with pytest.raises(ValueError, match=rf"variance_target: cannot read the schedule '{value}'"):
+        parse_schedule("variance_target", value)
+
+
+def test_two_ended_schedule_only_for_r2vpos_own_keys():
+    """rl_zoo3 reads only ``lin_<initial>`` for its own keys (learning_rate, ...): a two-ended one would fail there."""
+    with pytest.raises(
+        ValueError, match=r"learning_rate: cannot read the schedule 'lin_1e-3_1e-4'; write lin_<initial>, e\.g\. lin_0\.04$"
+    ):
+        parse_schedule("learning_rate", "lin_1e-3_1e-4")
+
+
+def test_two_ended_schedule_ending_below_zero_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"`variance_target\(0\.0\)` must be a finite number >= 0"):
+        R2VPO("MlpPolicy", "CartPole-v1", variance_target=parse_schedule("variance_target", "lin_0.04_-0.01"))
 
 
 def test_variance_target_schedule_from_yaml_via_zoo_launcher(tmp_path):
@@ -506,6 +538,8 @@ def test_variance_target_schedule_from_yaml_via_zoo_launcher(tmp_path):
     assert converted["variance_target"](0.25) == pytest.approx(0.025)
     assert converted["learning_rate"](0.5) == pytest.approx(1.5e-4)
     assert ExperimentManager._preprocess_schedules({"variance_target": 0.03})["variance_target"] == 0.03
+    two_ended = ExperimentManager._preprocess_schedules({"variance_target": "lin_0.04_0.01"})["variance_target"]
+    assert [two_ended(1.0), two_ended(0.0)] == pytest.approx([0.04, 0.01])
 
     config.write_text(YAML_ENTRY.replace("lin_0.04", "lin_x"))
     with pytest.raises(ZooConfigError, match=r"entry 'CartPole-v1': variance_target: cannot read the schedule 'lin_x'"):
