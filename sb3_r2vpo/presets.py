@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -84,7 +85,8 @@ def parse_schedule(key: str, value: str) -> LinearSchedule:
         form). For R2VPO's own keys (``variance_target``) also ``"lin_<initial>_<final>"``: linear from
         ``initial`` to ``final`` (``final + (initial - final) · p``), e.g. ``lin_0.04_0.01``; rl_zoo3 does not
         read this form for its own keys, so neither does this loader.
-    :raises ValueError: ``value`` is not ``lin_<number>`` (or ``lin_<number>_<number>`` for R2VPO's keys)
+    :raises ValueError: ``value`` is not ``lin_<number>`` (or ``lin_<number>_<number>`` for R2VPO's keys) with finite
+        numbers
     """
     prefix = "lin_"
     two_ends = key in R2VPO_SCHEDULABLE_KEYS
@@ -92,7 +94,7 @@ def parse_schedule(key: str, value: str) -> LinearSchedule:
         if not value.startswith(prefix):
             raise ValueError
         ends = [float(part) for part in value[len(prefix) :].split("_")]
-        if len(ends) > (2 if two_ends else 1):
+        if len(ends) > (2 if two_ends else 1) or not all(math.isfinite(end) for end in ends):
             raise ValueError
     except ValueError:
         forms = "lin_<initial>, e.g. lin_0.04" + (", or lin_<initial>_<final>, e.g. lin_0.04_0.01" if two_ends else "")

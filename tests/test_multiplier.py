@@ -481,7 +481,7 @@ def test_variance_target_schedule_forms(value, at_start, halfway, at_end):
     assert [schedule(1.0), schedule(0.5), schedule(0.0)] == pytest.approx([at_start, halfway, at_end])
 
 
-@pytest.mark.parametrize("value", ["lin_0.04_0.01_0.001", "lin_0.04_", "lin__0.01", "lin_0.04_x"])
+@pytest.mark.parametrize("value", ["lin_0.04_0.01_0.001", "lin_0.04_", "lin__0.01", "lin_0.04_x", "lin_0.04_inf", "lin_nan"])
 def test_variance_target_schedule_malformed(value):
     with pytest.raises(ValueError, match=rf"variance_target: cannot read the schedule '{value}'"):
         parse_schedule("variance_target", value)
