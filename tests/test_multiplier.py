@@ -256,7 +256,8 @@ def test_at_floor_fraction_is_the_share_of_lambda_values_on_the_bound():
 @pytest.mark.parametrize(
     ("rollout_size", "fraction"),
     # CartPole's entry (8 x 32) → 1/2; LunarLanderContinuous's (16 x 1,024) → 1/16; at or below N₀ = 64 → cut to 1.
-    [(256, 0.5), (16384, 1 / 16), (512, math.sqrt(1 / 8)), (64, 1.0), (8, 1.0)],
+    # A one-sample rollout (n_steps=1, n_envs=1) is a rollout too (a mutmut survivor refused it).
+    [(256, 0.5), (16384, 1 / 16), (512, math.sqrt(1 / 8)), (64, 1.0), (8, 1.0), (1, 1.0)],
 )
 def test_rollout_floor_fraction(rollout_size, fraction):
     assert rollout_floor_fraction(rollout_size) == pytest.approx(fraction, rel=1e-12)

@@ -50,3 +50,10 @@ def test_event_files_hold_the_lagrange_multiplier(tmp_path):
     assert [event.step for event in logged] == [128, 192]
     assert [event.value for event in logged] == pytest.approx(callback.values[1:3], rel=1e-6)
     assert len(set(callback.values)) == 3  # λ moved: the values compared are not all the initial one
+
+
+def test_default_run_name_is_the_algorithm_name(tmp_path):
+    """Like SB3's PPO ("PPO_1"), an unnamed run's TensorBoard folder is named after the class: R2VPO_1."""
+    require("tensorboard", "tensorboard")
+    R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, tensorboard_log=str(tmp_path), seed=0).learn(64)
+    assert [run.name for run in tmp_path.iterdir()] == ["R2VPO_1"]
