@@ -28,19 +28,30 @@ def test_nan_rewards_stop_training_and_leave_model_untouched():
     assert model.lagrange_multiplier == multiplier
 
 
-def test_one_nonfinite_minibatch_is_skipped_and_counted(monkeypatch, recorder):
-    model = attach(R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL), recorder)
+def _poison_log_probs(monkeypatch, model, calls: set[int], with_grad_only: bool = False) -> None:
+    """
+    Make the policy's log-probabilities NaN on the given calls of ``evaluate_actions`` (counted from 1).
+
+    :param with_grad_only: Count only the calls made with gradients (the loss's), not the no-grad ones
+        (the full-rollout ratio variance)
+    """
     evaluate_actions = model.policy.evaluate_actions
-    calls = {"n": 0}
+    count = {"n": 0}
 
     def poisoned(observations, actions):
         values, log_prob, entropy = evaluate_actions(observations, actions)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            log_prob = log_prob * float("nan")
+        if th.is_grad_enabled() or not with_grad_only:
+            count["n"] += 1
+            if count["n"] in calls:
+                log_prob = log_prob * float("nan")
         return values, log_prob, entropy
 
     monkeypatch.setattr(model.policy, "evaluate_actions", poisoned)
+
+
+def test_one_nonfinite_minibatch_is_skipped_and_counted(monkeypatch, recorder):
+    model = attach(R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL), recorder)
+    _poison_log_probs(monkeypatch, model, calls={2})
     model.learn(64 * 3)
     # The poisoned minibatch was in the first update, logged with the second rollout's dump.
     assert recorder.series("train/nonfinite_skips") == [1, 0]
@@ -71,18 +82,8 @@ def test_nonfinite_skip_is_logged(monkeypatch):
 def test_update_with_every_step_skipped_logs_the_unchanged_policys_variance(monkeypatch, recorder):
     """No gradient step in an update: the final ratio variance is measured on the unchanged policy (0), a float."""
     model = attach(R2VPO("MlpPolicy", "CartPole-v1", seed=0, **SMALL), recorder)
-    evaluate_actions = model.policy.evaluate_actions
-    calls = {"n": 0}
-
-    def poisoned(observations, actions):
-        values, log_prob, entropy = evaluate_actions(observations, actions)
-        if th.is_grad_enabled():  # the loss's evaluations, not the no-grad rollout variance
-            calls["n"] += 1
-            if calls["n"] <= 4:  # every minibatch of the first update: 64 / 32 samples x 2 epochs
-                log_prob = log_prob * float("nan")
-        return values, log_prob, entropy
-
-    monkeypatch.setattr(model.policy, "evaluate_actions", poisoned)
+    # Every minibatch of the first update (64 / 32 samples x 2 epochs); the no-grad rollout variance stays finite.
+    _poison_log_probs(monkeypatch, model, calls={1, 2, 3, 4}, with_grad_only=True)
     model.learn(64 * 3)
     assert recorder.series("train/nonfinite_skips") == [4, 0]
     first, second = recorder.series("train/ratio_variance_final")
