@@ -69,8 +69,10 @@ mutation: $(STAMP)
 # with a Wilson 95% interval (dev/mutation_sample.py). MUTATION_SAMPLE mutants per module, MUTATION_SEED the sample.
 MUTATION_SAMPLE ?= 30
 MUTATION_SEED ?= 0
+# Earlier samples to leave out (SEED:PER_MODULE ...), so that a new seed is a fresh estimate.
+MUTATION_EXCLUDE ?=
 .PHONY: mutation-sample
 mutation-sample: $(STAMP)
 	$(PY) -m pip install -q "mutmut>=3.8,<4"
 	nice -n 10 $(PY) dev/mutation_sample.py --modules mixin replay --per-module $(MUTATION_SAMPLE) \
-		--seed $(MUTATION_SEED) --jobs $(MUTATION_JOBS)
+		--seed $(MUTATION_SEED) --jobs $(MUTATION_JOBS) --exclude $(MUTATION_EXCLUDE)

@@ -3,6 +3,7 @@ Estimate the mutation score of modules too large to mutate whole on a small mach
 mutmut's mutants, run by mutmut itself, and the killed share with a Wilson 95% interval.
 
     python dev/mutation_sample.py --modules mixin replay --per-module 30 --seed 0   # (what `make mutation-sample` runs)
+    python dev/mutation_sample.py --per-module 30 --seed 2 --exclude 0:30 1:15     # a sample fresh of those two
 
 mutmut generates every mutant of the ``[tool.mutmut]`` modules first (and measures which tests call which function)
 on its first run; this script then hands it the sampled names. Results stay in mutmut's own files
@@ -58,13 +59,34 @@ def wilson_interval(killed: int, total: int, z: float = 1.96) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def sample(modules: list[str], per_module: int, seed: int) -> dict[str, list[str]]:
+def sample(
+    modules: list[str], per_module: int, seed: int, exclude: list[tuple[int, int]] | tuple = ()
+) -> dict[str, list[str]]:
+    """
+    ``per_module`` mutants of each module, drawn with ``seed``.
+
+    :param exclude: ``(seed, per_module)`` of earlier samples whose mutants are left out: tests were written against
+        their survivors, so a sample that reuses them is not a fresh estimate
+    """
+    earlier = {module: set() for module in modules}
+    for old_seed, old_size in exclude:
+        for module, names in sample(modules, old_size, old_seed).items():
+            earlier[module].update(names)
     rng = random.Random(seed)
     chosen = {}
     for module in modules:
-        names = mutant_names(module)
+        names = [name for name in mutant_names(module) if name not in earlier[module]]
         chosen[module] = sorted(rng.sample(names, min(per_module, len(names))))
     return chosen
+
+
+def seed_and_size(text: str) -> tuple[int, int]:
+    """``"1:15"`` -> ``(1, 15)``: an earlier sample's seed and its mutants per module."""
+    try:
+        seed, size = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SEED:PER_MODULE (e.g. 1:15), got {text!r}") from None
+    return seed, size
 
 
 def report(chosen: dict[str, list[str]]) -> int:
@@ -100,13 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-module", type=int, default=30, help="mutants sampled per module")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--jobs", type=int, default=1, help="mutmut's --max-children")
+    parser.add_argument(
+        "--exclude",
+        nargs="*",
+        type=seed_and_size,
+        default=[],
+        metavar="SEED:PER_MODULE",
+        help="earlier samples to leave out (e.g. 0:30 1:15), so that this one is fresh",
+    )
     parser.add_argument("--report-only", action="store_true", help="print the sample's results without running")
     args = parser.parse_args(argv)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not all(meta_path(module).exists() for module in args.modules):
         # mutmut generates every mutant before it runs the named ones; one cheap mutant is enough to get there.
         subprocess.run([mutmut, "run", "--max-children", "1", CHEAP_MUTANT], check=False)
-    chosen = sample(args.modules, args.per_module, args.seed)
+    chosen = sample(args.modules, args.per_module, args.seed, args.exclude)
     if not args.report_only:
         names = [name for names in chosen.values() for name in names]
         subprocess.run([mutmut, "run", "--max-children", str(args.jobs), *names], check=False)
