@@ -12,6 +12,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+from sb3_r2vpo.benchmark.algorithms import canonical_name
 from sb3_r2vpo.benchmark.runner import load_runs
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,6 +20,7 @@ parser.add_argument("--algo", required=True)
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
 args = parser.parse_args()
+args.algo = canonical_name(args.algo)  # as the runner stores it
 
 by_task = defaultdict(list)
 for run in load_runs(args.out):

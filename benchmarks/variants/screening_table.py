@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sb3_r2vpo.benchmark.algorithms import canonical_name
 from sb3_r2vpo.benchmark.report import final_score, learning_curve_area, normalize, peak_to_final
 from sb3_r2vpo.benchmark.runner import load_runs
 from sb3_r2vpo.benchmark.suites import QUICK
@@ -30,7 +31,8 @@ runs = [run for run in load_runs(args.out) if run["seed"] in args.seeds and run[
 by_cell = defaultdict(list)
 for run in runs:
     by_cell[(run["algo"], run["env_id"])].append(run)
-algos = args.algos or sorted({algo for algo, _ in by_cell})
+# As the runner names them: r2vpo[b=1,a=2] is r2vpo[a=2,b=1], r2vpo@dir/f.yml is stored as r2vpo@dir%2Ff.yml.
+algos = [canonical_name(algo) for algo in args.algos] if args.algos else sorted({algo for algo, _ in by_cell})
 tasks = sorted(args.tasks)
 complete = {
     algo: [task for task in tasks if len({run["seed"] for run in by_cell[(algo, task)]}) == len(args.seeds)] for algo in algos
