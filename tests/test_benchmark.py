@@ -398,3 +398,50 @@ def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
         expected = "one" if new.parent.parent.name == "Pendulum-v1" else "mean"
         assert arguments["variance_center"] == expected and arguments["lagrange_multiplier_floor"] != "auto"
     assert script.rename(tmp_path, dry_run=False) == []  # a second pass finds nothing left to name
+
+
+def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, monkeypatch):
+    """benchmarks/variants/name_former_entries.py: runs made under a changed r2vpo.yml entry move to r2vpo@<former>."""
+    import importlib.util
+
+    from sb3_r2vpo.benchmark.algorithms import configure
+    from sb3_r2vpo.presets import hyperparams_path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "variants" / "name_former_entries.py"
+    spec = importlib.util.spec_from_file_location("name_former_entries", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    # The "former" file: the packaged one with CartPole's δ changed (Hopper's entry the same).
+    packaged = Path(hyperparams_path()).read_text()
+    former_text = packaged.replace("CartPole-v1:\n", "CartPole-v1:\n  variance_target: 0.03\n", 1)
+    assert former_text != packaged and "variance_target: 0.03" in former_text
+    monkeypatch.chdir(tmp_path)
+    Path("former.yml").write_text(former_text.replace("  variance_target: 0.01\n", "", 1))
+    assert configure("r2vpo@former.yml", "CartPole-v1").arguments()["variance_target"] == 0.03
+
+    def write(algo: str, env_id: str = "CartPole-v1") -> Path:
+        seed = tmp_path / "runs" / env_id / algo / "seed0"
+        seed.mkdir(parents=True)
+        (seed / "result.json").write_text(json.dumps({"algo": algo, "env_id": env_id, "seed": 0}))
+        return seed
+
+    write("r2vpo")
+    write("r2vpo-k4[variance_center=start]")
+    kept = [write("ppo"), write("r2vpo-matched"), write("r2vpo", "Hopper-v5")]
+    moved = script.rename(tmp_path, "former.yml", dry_run=False)
+    names = sorted(new.parent.name for _, new in moved)
+    assert names == ["r2vpo@former.yml", "r2vpo@former.yml[replay_rollouts=4,variance_center=start]"]
+    assert all(folder.exists() for folder in kept)
+    for _, new in moved:
+        result = json.loads((new / "result.json").read_text())
+        assert result["algo"] == new.parent.name
+        arguments = configure(result["algo"], "CartPole-v1").arguments()  # the runner builds the old run again
+        assert arguments["variance_target"] == 0.03
+    assert json.loads(
+        (tmp_path / "runs/CartPole-v1/r2vpo@former.yml[replay_rollouts=4,variance_center=start]/seed0/result.json").read_text()
+    )["overrides"] == {"replay_rollouts": 4, "variance_center": "start"}
+    assert script.rename(tmp_path, "former.yml", dry_run=False) == []  # a second pass finds nothing left
+    write("ppo-matched")  # reads r2vpo.yml too, with no from-file form: refused, not guessed
+    with pytest.raises(ValueError, match="ppo-matched"):
+        script.rename(tmp_path, "former.yml", dry_run=True)

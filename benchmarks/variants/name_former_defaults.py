@@ -80,29 +80,38 @@ def _yaml(value) -> str:
     return "null" if value is None else str(value)
 
 
+def move_run(result_file: Path, result: dict, new_algo: str, dry_run: bool) -> Path:
+    """
+    Move the run of ``result_file`` to ``runs/<task>/<new_algo>/seed<S>`` and name it ``new_algo`` in its result.json
+    (``algo`` and ``overrides``), so that the runner and the report read it as what it was; returns the new folder.
+
+    :raise SystemExit: A run is in that folder already (nothing a user saved is overwritten)
+    """
+    seed_folder = result_file.parent
+    algo_folder = seed_folder.parent
+    target = algo_folder.parent / new_algo.replace("/", "%2F") / seed_folder.name
+    if target.exists():
+        raise SystemExit(f"{target} exists already; not moving {seed_folder} onto it")
+    if dry_run:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    seed_folder.rename(target)
+    result["algo"] = new_algo
+    result["overrides"] = {**result.get("overrides", {}), **parse_variant(new_algo)[1]}
+    (target / "result.json").write_text(json.dumps(result, indent=2))
+    if not any(algo_folder.iterdir()):
+        algo_folder.rmdir()
+    return target
+
+
 def rename(root: Path, dry_run: bool) -> list[tuple[Path, Path]]:
     """Move every former-defaults R2VPO run under ``root/runs`` to its variant folder; returns (old, new) folders."""
     moved = []
     for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
         result = json.loads(result_file.read_text())
-        seed_folder = result_file.parent
-        algo_folder = seed_folder.parent
         new_algo = former_name(result["algo"], ran_with(result))
-        if new_algo == result["algo"]:
-            continue
-        target = algo_folder.parent / new_algo.replace("/", "%2F") / seed_folder.name
-        if target.exists():
-            raise SystemExit(f"{target} exists already; not moving {seed_folder} onto it")
-        moved.append((seed_folder, target))
-        if dry_run:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        seed_folder.rename(target)
-        result["algo"] = new_algo
-        result["overrides"] = {**result.get("overrides", {}), **parse_variant(new_algo)[1]}
-        (target / "result.json").write_text(json.dumps(result, indent=2))
-        if not any(algo_folder.iterdir()):
-            algo_folder.rmdir()
+        if new_algo != result["algo"]:
+            moved.append((result_file.parent, move_run(result_file, result, new_algo, dry_run)))
     return moved
 
 

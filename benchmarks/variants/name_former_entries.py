@@ -1,0 +1,89 @@
+"""
+Name the R2VPO runs made under a former ``r2vpo.yml`` by the file they ran with (issue 13).
+
+A run folder is named by the algorithm as the runner reads it *today*: ``r2vpo`` (and ``r2vpo-kK``, and every
+``r2vpo[...]`` variant) is the packaged r2vpo.yml's entry. When an entry changes, every run of that task made under
+the old entry would pass for a run of the new one, and ``run`` would skip it as finished. Keep the former file
+(e.g. ``benchmarks/variants/r2vpo_stop23.yml``, a verbatim copy) and this script moves each such run to the name
+that builds it again from that file::
+
+    runs/Hopper-v5/r2vpo/seed0
+      -> runs/Hopper-v5/r2vpo@benchmarks%2Fvariants%2Fr2vpo_stop23.yml/seed0
+    runs/Hopper-v5/r2vpo-k4[variance_center=start]/seed1
+      -> runs/Hopper-v5/r2vpo@benchmarks%2Fvariants%2Fr2vpo_stop23.yml[replay_rollouts=4,variance_center=start]/seed1
+
+Only tasks whose entry builds a different run under the two files are touched (the runner's own test of "same
+run", :meth:`RunConfig.effective`); runs of other tasks, and of other algorithms, stay as they are.
+
+    python benchmarks/variants/name_former_entries.py --former benchmarks/variants/r2vpo_stop23.yml benchmarks/results ...
+    python benchmarks/variants/name_former_entries.py --former ... --dry-run benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+
+from sb3_r2vpo.benchmark.algorithms import canonical_name, configure, parse_variant
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# a sibling script, not a package: importable once its folder is on the path
+from name_former_defaults import _yaml, move_run
+
+# The bases that read the packaged r2vpo.yml; r2vpo-k<K> is r2vpo with replay_rollouts=K.
+_PACKAGED = re.compile(r"^r2vpo(-k(?P<replay>\d+))?$")
+
+
+@functools.cache
+def entry_changed(env_id: str, former: str) -> bool:
+    """Whether R2VPO on ``env_id`` is built differently from ``former`` than from the packaged r2vpo.yml."""
+    return configure(f"r2vpo@{former}", env_id).effective() != configure("r2vpo", env_id).effective()
+
+
+def former_entry_name(algo: str, env_id: str, former: str) -> str:
+    """
+    The name of ``algo``'s run on ``env_id`` built from ``former`` (``algo`` itself where the entry did not change or
+    ``algo`` does not read the packaged r2vpo.yml).
+
+    :raise ValueError: ``ppo-matched`` on a changed task: it reads r2vpo.yml too, and has no from-file form
+    """
+    base, overrides = parse_variant(algo)
+    if base == "ppo-matched" and entry_changed(env_id, former):
+        raise ValueError(f"{env_id}/{algo}: ppo-matched read the former r2vpo.yml entry; move or delete it by hand")
+    match = _PACKAGED.match(base)
+    if match is None or not entry_changed(env_id, former):
+        return algo
+    if match["replay"]:
+        overrides = {"replay_rollouts": int(match["replay"]), **overrides}
+    body = ",".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
+    return canonical_name(f"r2vpo@{former}" + (f"[{body}]" if body else ""))
+
+
+def rename(root: Path, former: str, dry_run: bool) -> list[tuple[Path, Path]]:
+    """Move every run under ``root/runs`` made from the former entry to its from-file name; returns (old, new) folders."""
+    moved = []
+    for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
+        result = json.loads(result_file.read_text())
+        new_algo = former_entry_name(result["algo"], result["env_id"], former)
+        if new_algo != result["algo"]:
+            moved.append((result_file.parent, move_run(result_file, result, new_algo, dry_run)))
+    return moved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path, help="result folders (each holding runs/)")
+    parser.add_argument("--former", required=True, help="the former r2vpo.yml, as a path relative to the working directory")
+    parser.add_argument("--dry-run", action="store_true", help="only list what would move")
+    args = parser.parse_args()
+    for root in args.roots:
+        for old, new in rename(root, args.former, args.dry_run):
+            print(f"{old} -> {new}")
+
+
+if __name__ == "__main__":
+    main()
