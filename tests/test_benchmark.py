@@ -17,7 +17,7 @@ import torch as th
 pytest.importorskip("rliable", reason="the benchmark extra is not installed")
 pytest.importorskip("sb3_contrib", reason="the benchmark extra is not installed")
 
-from sb3_r2vpo.benchmark.__main__ import main
+from sb3_r2vpo.benchmark.__main__ import _runs_to_report, main
 from sb3_r2vpo.benchmark.algorithms import same_run_as
 from sb3_r2vpo.benchmark.baselines import SPO
 from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM, register_envs
@@ -336,7 +336,7 @@ def test_budget_rounds_up_once_to_whole_rollouts_and_evaluates_as_asked(tmp_path
     assert run["final_return"] == pytest.approx(run["curve"][-3:, 2].mean())
 
 
-def test_variants_run_side_by_side_and_the_report_names_them(tmp_path):
+def test_variants_run_side_by_side_and_the_report_names_them(tmp_path, capsys):
     out = tmp_path / "results"
     variants = ["r2vpo[variance_target=0.02,dual_update=linear]", "r2vpo[ dual_update=linear , variance_target=0.020 ]"]
     args = ["--envs", "CartPole-v1", "Pendulum-v1", "--algos", "r2vpo", *variants, "r2vpo[variance_target=0.1]"]
@@ -355,6 +355,30 @@ def test_variants_run_side_by_side_and_the_report_names_them(tmp_path):
     report = (tmp_path / "report" / "REPORT.md").read_text()
     for name in ("r2vpo[dual_update=linear,variance_target=0.02]", "r2vpo[variance_target=0.1]"):
         assert f"| {name} |" in report
+
+    # A candidate reported as R2VPO: its runs take r2vpo's place, r2vpo's own are left out, the header says so.
+    candidate = "r2vpo[variance_target=0.1]"
+    other = "r2vpo[dual_update=linear,variance_target=0.02]"
+    base = ["report", "--out", str(out), "--report-dir", str(tmp_path / "candidate"), "--reps", "50"]
+    main([*base, "--algos", "r2vpo[variance_target=0.10]", other, "--ours", candidate])
+    report = (tmp_path / "candidate" / "REPORT.md").read_text()
+    assert f"R2VPO is the candidate `{candidate}`" in report
+    assert f"| {candidate} |" not in report and f"| {other} |" in report and "| r2vpo |" in report
+    runs_shown, ours = _runs_to_report(load_runs(out), [other], candidate)
+    assert ours == candidate and {run["algo"] for run in runs_shown} == {"r2vpo", other}
+    shown = {run["env_id"]: run["final_return"] for run in runs_shown if run["algo"] == "r2vpo"}
+    assert shown == {env: runs[(env, candidate)]["final_return"] for env in ("CartPole-v1", "Pendulum-v1")}
+    for bad, message in (
+        ([*base, "--ours", candidate], "leave r2vpo's own runs out"),  # r2vpo's runs would share its name
+        ([*base, "--algos", "ppo"], "no runs of ppo"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="leave r2vpo's own runs out"):
+        _runs_to_report(load_runs(out), None, candidate)
+    with pytest.raises(ValueError, match="no runs of ppo"):
+        _runs_to_report(load_runs(out), ["ppo"], "r2vpo")
 
 
 def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
@@ -424,24 +448,37 @@ def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, mo
         seed = tmp_path / "runs" / env_id / algo / "seed0"
         seed.mkdir(parents=True)
         (seed / "result.json").write_text(json.dumps({"algo": algo, "env_id": env_id, "seed": 0}))
+        (seed / "curve.csv").write_text("env_steps,train_seconds,eval_return_mean,eval_return_std\n0,0,1,0\n")
         return seed
 
     write("r2vpo")
     write("r2vpo-k4[variance_center=start]")
-    kept = [write("ppo"), write("r2vpo-matched"), write("r2vpo", "Hopper-v5")]
+    # Kept: other algorithms, a task whose entry did not change, a variant that sets the changed key itself.
+    kept = [write("ppo"), write("r2vpo-matched"), write("r2vpo", "Hopper-v5"), write("r2vpo[variance_target=0.03]")]
     moved = script.rename(tmp_path, "former.yml", dry_run=False)
     names = sorted(new.parent.name for _, new in moved)
     assert names == ["r2vpo@former.yml", "r2vpo@former.yml[replay_rollouts=4,variance_center=start]"]
     assert all(folder.exists() for folder in kept)
-    for _, new in moved:
+    for old, new in moved:
         result = json.loads((new / "result.json").read_text())
-        assert result["algo"] == new.parent.name
+        assert result["algo"] == new.parent.name and result["named_before"] == old.parent.name
         arguments = configure(result["algo"], "CartPole-v1").arguments()  # the runner builds the old run again
         assert arguments["variance_target"] == 0.03
     assert json.loads(
         (tmp_path / "runs/CartPole-v1/r2vpo@former.yml[replay_rollouts=4,variance_center=start]/seed0/result.json").read_text()
     )["overrides"] == {"replay_rollouts": 4, "variance_center": "start"}
     assert script.rename(tmp_path, "former.yml", dry_run=False) == []  # a second pass finds nothing left
+    # The former names come back on request (to redraw an older table); a later run under that name gives way.
+    write("r2vpo")  # a run of the new entry
+    now = sorted((run["env_id"], run["algo"]) for run in load_runs(tmp_path))
+    before = sorted((run["env_id"], run["algo"]) for run in load_runs(tmp_path, named_before=True))
+    assert ("CartPole-v1", "r2vpo@former.yml") in now and ("CartPole-v1", "r2vpo") in now
+    assert [name for name in before if name[0] == "CartPole-v1"] == [
+        ("CartPole-v1", algo)
+        for algo in sorted(["ppo", "r2vpo", "r2vpo-k4[variance_center=start]", "r2vpo-matched", "r2vpo[variance_target=0.03]"])
+    ]
+    shown = [run for run in load_runs(tmp_path, named_before=True) if (run["env_id"], run["algo"]) == ("CartPole-v1", "r2vpo")]
+    assert len(shown) == 1 and shown[0]["named_before"] == "r2vpo"  # the renamed run, not the new one
     write("ppo-matched")  # reads r2vpo.yml too, with no from-file form: refused, not guessed
     with pytest.raises(ValueError, match="ppo-matched"):
         script.rename(tmp_path, "former.yml", dry_run=True)

@@ -19,11 +19,14 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--algo", required=True)
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+parser.add_argument(
+    "--named-before", action="store_true", help="renamed runs under their former names (to redraw an older table)"
+)
 args = parser.parse_args()
 args.algo = canonical_name(args.algo)  # as the runner stores it
 
 by_task = defaultdict(list)
-for run in load_runs(args.out):
+for run in load_runs(args.out, args.named_before):
     if run["algo"] == args.algo and run["seed"] in args.seeds and run.get("train_stats"):
         by_task[run["env_id"]].append(run["train_stats"])
 

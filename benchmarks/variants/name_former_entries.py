@@ -12,8 +12,11 @@ that builds it again from that file::
     runs/Hopper-v5/r2vpo-k4[variance_center=start]/seed1
       -> runs/Hopper-v5/r2vpo@benchmarks%2Fvariants%2Fr2vpo_stop23.yml[replay_rollouts=4,variance_center=start]/seed1
 
-Only tasks whose entry builds a different run under the two files are touched (the runner's own test of "same
-run", :meth:`RunConfig.effective`); runs of other tasks, and of other algorithms, stay as they are.
+Only runs that the two files build differently are moved (the runner's own test of "same run",
+:meth:`RunConfig.effective`): runs of tasks whose entry did not change, variants that set every changed key
+themselves, and other algorithms stay as they are. A moved run keeps its former name in result.json's
+``named_before``, so tables drawn before the move can be drawn again (``--named-before`` of ``report``,
+screening_table.py and multiplier_table.py).
 
     python benchmarks/variants/name_former_entries.py --former benchmarks/variants/r2vpo_stop23.yml benchmarks/results ...
     python benchmarks/variants/name_former_entries.py --former ... --dry-run benchmarks/results
@@ -39,28 +42,29 @@ _PACKAGED = re.compile(r"^r2vpo(-k(?P<replay>\d+))?$")
 
 
 @functools.cache
-def entry_changed(env_id: str, former: str) -> bool:
-    """Whether R2VPO on ``env_id`` is built differently from ``former`` than from the packaged r2vpo.yml."""
-    return configure(f"r2vpo@{former}", env_id).effective() != configure("r2vpo", env_id).effective()
+def built_alike(first: str, second: str, env_id: str) -> bool:
+    """Whether algorithms ``first`` and ``second`` build the same run on ``env_id`` (seeded: the same numbers)."""
+    return configure(first, env_id).effective() == configure(second, env_id).effective()
 
 
 def former_entry_name(algo: str, env_id: str, former: str) -> str:
     """
-    The name of ``algo``'s run on ``env_id`` built from ``former`` (``algo`` itself where the entry did not change or
-    ``algo`` does not read the packaged r2vpo.yml).
+    The name of ``algo``'s run on ``env_id`` built from ``former`` (``algo`` itself where ``algo`` does not read the
+    packaged r2vpo.yml, or builds the same run from both files).
 
-    :raise ValueError: ``ppo-matched`` on a changed task: it reads r2vpo.yml too, and has no from-file form
+    :raise ValueError: ``ppo-matched`` on a task whose entry changed: it reads r2vpo.yml too, and has no from-file form
     """
     base, overrides = parse_variant(algo)
-    if base == "ppo-matched" and entry_changed(env_id, former):
+    if base == "ppo-matched" and not built_alike("r2vpo", f"r2vpo@{former}", env_id):
         raise ValueError(f"{env_id}/{algo}: ppo-matched read the former r2vpo.yml entry; move or delete it by hand")
     match = _PACKAGED.match(base)
-    if match is None or not entry_changed(env_id, former):
+    if match is None:
         return algo
     if match["replay"]:
         overrides = {"replay_rollouts": int(match["replay"]), **overrides}
     body = ",".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
-    return canonical_name(f"r2vpo@{former}" + (f"[{body}]" if body else ""))
+    name = canonical_name(f"r2vpo@{former}" + (f"[{body}]" if body else ""))
+    return algo if built_alike(algo, name, env_id) else name
 
 
 def rename(root: Path, former: str, dry_run: bool) -> list[tuple[Path, Path]]:
@@ -70,6 +74,7 @@ def rename(root: Path, former: str, dry_run: bool) -> list[tuple[Path, Path]]:
         result = json.loads(result_file.read_text())
         new_algo = former_entry_name(result["algo"], result["env_id"], former)
         if new_algo != result["algo"]:
+            result.setdefault("named_before", result["algo"])
             moved.append((result_file.parent, move_run(result_file, result, new_algo, dry_run)))
     return moved
 

@@ -25,9 +25,12 @@ parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 parser.add_argument("--algos", nargs="*")
 parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
 parser.add_argument("--tasks", nargs="+", default=sorted(QUICK), help="tasks (default: the quick suite's)")
+parser.add_argument(
+    "--named-before", action="store_true", help="renamed runs under their former names (to redraw an older table)"
+)
 args = parser.parse_args()
 
-runs = [run for run in load_runs(args.out) if run["seed"] in args.seeds and run["env_id"] in args.tasks]
+runs = [run for run in load_runs(args.out, args.named_before) if run["seed"] in args.seeds and run["env_id"] in args.tasks]
 by_cell = defaultdict(list)
 for run in runs:
     by_cell[(run["algo"], run["env_id"])].append(run)

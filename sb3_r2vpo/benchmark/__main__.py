@@ -1,7 +1,7 @@
 """
 python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos ...] [--seeds ...] [--steps N]
                                   [--jobs J | --ray ADDRESS] [--checkpoint-every N] [--out benchmarks/results]
-python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks]
+python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks] [--algos ...] [--ours NAME]
 python -m sb3_r2vpo.benchmark overhead [--envs CartPole-v1 Pendulum-v1] [--repeats 7] [--out FILE.json]
 
 `run` skips finished runs and resumes killed ones from their last checkpoint (taken every --checkpoint-every
@@ -15,6 +15,10 @@ and variants of any of them:
 says so); each run is evaluated once before training and --eval-points times along it, at the first step past
 each k·budget/points mark with the policy in use then (the last after the final update), and its
 final score is the mean of the last 3 evaluations.
+
+`report --ours NAME` reports a candidate (a variant or an r2vpo@FILE) as R2VPO: its runs stand in the tables where
+r2vpo's would (the header says which runs they are), so that a candidate meets the baselines exactly as the
+packaged entry would; `--algos` keeps only the algorithms named.
 
 `overhead` times R2VPO's train() against PPO's on the same rollout buffer and weights (see .overhead).
 """
@@ -71,6 +75,19 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     report.add_argument("--report-dir", type=Path, default=Path("benchmarks"))
     report.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    report.add_argument(
+        "--algos", nargs="+", default=None, help="report only these algorithms (default: every one with runs in --out)"
+    )
+    report.add_argument(
+        "--named-before",
+        action="store_true",
+        help="give renamed runs their former names (result.json's named_before), to redraw a table made before",
+    )
+    report.add_argument(
+        "--ours",
+        default="r2vpo",
+        help="the algorithm reported as R2VPO, e.g. a candidate 'r2vpo@benchmarks/variants/x.yml' (default: r2vpo)",
+    )
     overhead = commands.add_parser("overhead", help="time R2VPO's train() against PPO's on identical buffers")
     overhead.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
     overhead.add_argument("--repeats", type=_positive, default=7, help="alternating timed train() calls per algorithm")
@@ -119,14 +136,44 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from sb3_r2vpo.benchmark.report import write_report
 
+        try:
+            runs, ours = _runs_to_report(load_runs(args.out, args.named_before), args.algos, args.ours)
+        except ValueError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
         path = write_report(
-            load_runs(args.out),
+            runs,
             args.report_dir,
             "python -m sb3_r2vpo.benchmark " + shlex.join(argv),
             args.reps,
             runs_dir=args.out.as_posix(),
+            ours_name=ours,
         )
         print(f"wrote {path}")
+
+
+def _runs_to_report(runs: list[dict], algos: list[str] | None, ours: str) -> tuple[list[dict], str]:
+    """
+    The runs ``report`` aggregates: those of ``algos`` (all when ``None``), with ``ours``'s relabelled ``r2vpo``
+    (the name every table reads as R2VPO); returns them and ``ours``'s stored name.
+
+    :raise ValueError: a named algorithm has no runs, or ``ours`` is not ``r2vpo`` while r2vpo's own runs are kept
+        (two algorithms would share a name)
+    """
+    from sb3_r2vpo.benchmark.report import OURS
+
+    ours = canonical_name(ours)
+    available = {run["algo"] for run in runs}
+    wanted = None if algos is None else {canonical_name(algo) for algo in algos} | {ours}
+    missing = sorted((wanted or {ours}) - available)
+    if missing:
+        raise ValueError(f"no runs of {', '.join(missing)} in the results; algorithms there: {', '.join(sorted(available))}")
+    if wanted is not None:
+        runs = [run for run in runs if run["algo"] in wanted]
+    if ours != OURS:
+        if any(run["algo"] == OURS for run in runs):
+            raise ValueError(f"--ours {ours}: leave {OURS}'s own runs out with --algos, or both would be called {OURS}")
+        runs = [{**run, "algo": OURS} if run["algo"] == ours else run for run in runs]
+    return runs, ours
 
 
 def _positive(text: str) -> int:

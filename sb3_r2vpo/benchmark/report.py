@@ -676,13 +676,20 @@ def _significance_section(runs: list[dict], reps: int) -> list[str]:
 
 
 def write_report(
-    runs: list[dict], out_dir: Path, command: str, reps: int = 2000, runs_dir: str = "benchmarks/results"
+    runs: list[dict],
+    out_dir: Path,
+    command: str,
+    reps: int = 2000,
+    runs_dir: str = "benchmarks/results",
+    ours_name: str = OURS,
 ) -> Path:
     """
     Write ``REPORT.md`` and its plots into ``out_dir``; returns the report's path. The main comparison leaves
     the replay variants (``r2vpo-k<K>``) out, so that the tasks they were not run on stay in it; they get their
     own section against PPO and R2VPO on the tasks they share. Variants ``base[...]`` are rows of the main
     comparison when they finished its tasks, and get a section of their own like replay's otherwise.
+
+    :param ours_name: The stored name of the runs labelled ``r2vpo`` in ``runs`` (a candidate reported as R2VPO)
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     episodes = sorted({run.get("eval_episodes") for run in runs if run.get("eval_episodes")})
@@ -703,7 +710,10 @@ def write_report(
         "untrained policy's at step 0 included;",
         "- **peak-to-final loss**: normalised best evaluation after training started minus normalised final score.",
         "",
-        f"R2VPO is `{OURS}`; variants (`{OURS}[key=value,...]`, `{OURS}-k<K>`) are rows of their own.",
+        f"R2VPO is `{OURS}`; variants (`{OURS}[key=value,...]`, `{OURS}-k<K>`) are rows of their own."
+        if ours_name == OURS
+        else f"R2VPO is the candidate `{ours_name}` (`--ours`): its runs are the rows and columns named `{OURS}` in "
+        f"every table and plot below; the packaged `{OURS}`'s own runs are not in this report.",
         "",
         "## Main comparison",
         "",

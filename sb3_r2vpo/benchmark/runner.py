@@ -646,11 +646,24 @@ def run_all(
     return failures
 
 
-def load_runs(root: Path) -> list[dict]:
-    """Every finished run with its curve (``curve``: array of rows ``CURVE_FIELDS``)."""
+def load_runs(root: Path, named_before: bool = False) -> list[dict]:
+    """
+    Every finished run with its curve (``curve``: array of rows ``CURVE_FIELDS``).
+
+    :param named_before: Give each run renamed since it was made (``named_before`` in its result.json, written by
+        the scripts that rename runs when a packaged entry or default changes) its former name, so that a table
+        drawn before the rename is drawn again; where a later run took that name for the same task and seed, the
+        renamed run wins
+    """
     runs = []
     for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
         result = json.loads(result_file.read_text())
         result["curve"] = np.loadtxt(result_file.parent / "curve.csv", delimiter=",", skiprows=1, ndmin=2)
         runs.append(result)
-    return runs
+    if not named_before:
+        return runs
+    renamed = [{**run, "algo": run["named_before"]} for run in runs if "named_before" in run]
+    taken = {(run["env_id"], run["algo"], run["seed"]) for run in renamed}
+    return renamed + [
+        run for run in runs if "named_before" not in run and (run["env_id"], run["algo"], run["seed"]) not in taken
+    ]
