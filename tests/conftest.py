@@ -28,3 +28,14 @@ def recorder() -> RecordingWriter:
 def attach(model, writer: RecordingWriter):
     model.set_logger(Logger(folder=None, output_formats=[writer]))
     return model
+
+
+def variance_target_ends(value: float | str) -> tuple[float, float]:
+    """
+    δ at the start and at the end of training as a YAML entry writes it, read here independently of the loader:
+    ``0.04`` -> (0.04, 0.04); ``lin_0.04`` -> (0.04, 0.0); ``lin_0.04_0.01`` -> (0.04, 0.01).
+    """
+    if isinstance(value, str):
+        ends = [float(part) for part in value.removeprefix("lin_").split("_")]
+        return ends[0], ends[1] if len(ends) == 2 else 0.0
+    return float(value), float(value)

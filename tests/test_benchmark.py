@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def test_runner_writes_curves_and_report(tmp_path, capsys):
     cartpole = out / "runs" / "CartPole-v1" / "r2vpo" / "seed0" / "result.json"
     result = json.loads(cartpole.read_text())
     assert result["arguments"]["lagrange_multiplier_floor"] == R2VPO_DEFAULTS["lagrange_multiplier_floor"]
-    assert result["arguments"]["variance_target"] == 0.01 and result["arguments"]["n_steps"] == 32  # the entry's
+    # the entry's (its δ schedule recorded as written: schedules have a faithful repr, no JSON form)
+    assert result["arguments"]["variance_target"] == "LinearSchedule(start=0.04, end=0.01, end_fraction=1.0)"
+    assert result["arguments"]["n_steps"] == 32
     assert "seed" not in result["arguments"] and "env" not in result["arguments"]
     result["arguments"]["lagrange_multiplier_floor"] = 0.25
     cartpole.write_text(json.dumps(result))
@@ -438,10 +441,10 @@ def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, mo
 
     # The "former" file: the packaged one with CartPole's δ changed (Hopper's entry the same).
     packaged = Path(hyperparams_path()).read_text()
-    former_text = packaged.replace("CartPole-v1:\n", "CartPole-v1:\n  variance_target: 0.03\n", 1)
-    assert former_text != packaged and "variance_target: 0.03" in former_text
+    former_text = re.sub(r"(\nCartPole-v1:\n(?:  .*\n)*?)  variance_target: .*\n", r"\1  variance_target: 0.03\n", packaged)
+    assert former_text.count("variance_target: 0.03") == 1
     monkeypatch.chdir(tmp_path)
-    Path("former.yml").write_text(former_text.replace("  variance_target: 0.01\n", "", 1))
+    Path("former.yml").write_text(former_text)
     assert configure("r2vpo@former.yml", "CartPole-v1").arguments()["variance_target"] == 0.03
 
     def write(algo: str, env_id: str = "CartPole-v1") -> Path:

@@ -8,6 +8,7 @@ import pytest
 from sb3_r2vpo import R2VPO
 from sb3_r2vpo.presets import get_preset, hyperparams_path, load_hyperparams
 from sb3_r2vpo.train import main
+from tests.conftest import variance_target_ends
 
 
 def test_main_job_writes_model_plot_and_summary(tmp_path, capsys):
@@ -33,7 +34,8 @@ def test_packaged_presets_build_models():
         preset = get_preset(env_id)
         model = preset.make_model(seed=0)
         assert model.n_envs == preset.n_envs
-        assert model.variance_target(1.0) == pytest.approx(load_hyperparams()[env_id]["variance_target"])
+        start, end = variance_target_ends(load_hyperparams()[env_id]["variance_target"])
+        assert (model.variance_target(1.0), model.variance_target(0.0)) == pytest.approx((start, end))
     # lin_ schedules decay to zero, as in the zoo
     cartpole = get_preset("CartPole-v1").make_model(seed=0)
     assert cartpole.lr_schedule(1.0) == pytest.approx(1e-3) and cartpole.lr_schedule(0.0) == pytest.approx(0.0)

@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_r2vpo import R2VPO
 from sb3_r2vpo.presets import get_preset, hyperparams_path, load_hyperparams
 from sb3_r2vpo.zoo import ZooConfigError, check_entry, main
+from tests.conftest import variance_target_ends
 from tests.extras import require
 
 pytest.importorskip("rl_zoo3", reason="the zoo extra is not installed")
@@ -41,7 +42,9 @@ def test_launcher_trains_and_enjoys_r2vpo_and_trains_ppo(tmp_path, capsys):
     main(["train", "--algo", "r2vpo", *common])
     model = R2VPO.load(tmp_path / "r2vpo" / "CartPole-v1_1" / "CartPole-v1.zip")
     entry = load_hyperparams()["CartPole-v1"]
-    assert model.variance_target(1.0) == pytest.approx(entry["variance_target"])
+    # the schedule's two ends as the entry writes them (lin_0.04_0.01): the launcher converted it as the loader does
+    start, end = variance_target_ends(entry["variance_target"])
+    assert (model.variance_target(1.0), model.variance_target(0.0)) == pytest.approx((start, end))
     assert (model.n_steps, model.n_envs, model.n_epochs) == (entry["n_steps"], entry["n_envs"], entry["n_epochs"])
     assert model.num_timesteps >= 2048
 
@@ -70,7 +73,8 @@ def test_every_entry_builds_its_model_and_trains(env_id):
     model = preset.make_model(seed=0)
     assert model.n_envs == entry.get("n_envs", 1)
     assert isinstance(model.get_env(), VecNormalize) == bool(entry.get("normalize", False))
-    assert model.variance_target(1.0) == pytest.approx(entry["variance_target"])
+    start, end = variance_target_ends(entry["variance_target"])
+    assert (model.variance_target(1.0), model.variance_target(0.0)) == pytest.approx((start, end))
     for key in PLAIN_KEYS:
         if key in entry:
             assert getattr(model, key) == pytest.approx(entry[key]), key
