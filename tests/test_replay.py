@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_r2vpo import R2VPO
 from sb3_r2vpo.r2vpo.replay import (
+    ReplayBatch,
     StoredRollout,
     available_memory_bytes,
     build_replay_batch,
@@ -265,6 +266,7 @@ def test_every_space_trains_with_replay_and_keeps_behaviour_log_probs(case):
     assert model.logger.name_to_value["train/gradient_steps"] > 0
 
     batch = _batch(model)
+    assert batch.ages.dtype == th.long and set(batch.ages.tolist()) == {0, 1, 2}  # whole rollouts of age
     behaviour = type(model.policy)(**model.policy._get_constructor_parameters())
     behaviour.set_training_mode(False)
     for rollout in model.replay.rollouts:
@@ -323,6 +325,7 @@ def test_stale_time_limit_bootstraps_use_the_current_critic():
     snapshots = CriticSnapshots()
     model.learn(8 * n_envs * 5, callback=snapshots)
     batch = _batch(model)
+    assert batch.ages.dtype == th.long and set(batch.ages.tolist()) == {0, 1, 2}  # whole rollouts of age
     behaviour = type(model.policy)(**model.policy._get_constructor_parameters())
     for rollout in model.replay.rollouts:
         age = model._rollout_index - rollout.index
@@ -630,3 +633,49 @@ def test_start_centre_with_replay_counts_only_this_updates_change(center):
     else:
         # Not vacuous: the χ² centre counts the replayed samples' drift from earlier updates at once.
         assert min(first_variances) > 1e-4
+
+
+@pytest.mark.parametrize("dict_obs", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_replay_minibatches_are_the_rollout_buffers_sample_types(dict_obs, masked):
+    """
+    ReplayBatch.samples gives the class the matching rollout buffer gives (SB3's, Dict, sb3-contrib's maskable
+    ones), with the rows asked for in every field, so that code written against the buffers' samples reads them.
+    """
+    from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBufferSamples, MaskableRolloutBufferSamples
+    from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, RolloutBufferSamples
+
+    n = 6
+    rows = th.arange(n, dtype=th.float32)
+    observations = {"a": rows[:, None] * 10, "b": rows[:, None] * 100} if dict_obs else rows[:, None] * 10
+    batch = ReplayBatch(
+        observations=observations,
+        actions=rows[:, None],
+        old_values=rows + 0.1,
+        old_log_prob=rows + 0.2,
+        advantages=rows + 0.3,
+        returns=rows + 0.4,
+        ages=th.tensor([0, 0, 1, 1, 2, 2]),
+        start_log_prob=rows + 0.5,
+        action_masks=(rows[:, None] + th.zeros(n, 3)) if masked else None,
+    )
+    idx = th.tensor([4, 1])
+    samples = batch.samples(idx)
+    expected = {
+        (False, False): RolloutBufferSamples,
+        (True, False): DictRolloutBufferSamples,
+        (False, True): MaskableRolloutBufferSamples,
+        (True, True): MaskableDictRolloutBufferSamples,
+    }[(dict_obs, masked)]
+    assert type(samples) is expected
+    picked = th.tensor([4.0, 1.0])
+    if dict_obs:
+        assert th.equal(samples.observations["a"].flatten(), picked * 10)
+        assert th.equal(samples.observations["b"].flatten(), picked * 100)
+    else:
+        assert th.equal(samples.observations.flatten(), picked * 10)
+    assert th.equal(samples.actions.flatten(), picked)
+    for field, offset in (("old_values", 0.1), ("old_log_prob", 0.2), ("advantages", 0.3), ("returns", 0.4)):
+        assert th.allclose(getattr(samples, field), picked + offset), field
+    if masked:
+        assert th.equal(samples.action_masks, picked[:, None] + th.zeros(2, 3))
