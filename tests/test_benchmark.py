@@ -155,6 +155,46 @@ def test_matched_run_is_copied_where_our_entry_is_ppos_and_would_train_identical
     np.testing.assert_array_equal(curve[:, [0, 2, 3]], matched["curve"][:, [0, 2, 3]])  # wall time aside
 
 
+def test_a_variant_that_changes_nothing_on_a_task_is_a_copy_not_a_second_training(tmp_path, capsys):
+    """
+    A spec that builds the same model as another spec of the call, or as a finished run under another name, gets
+    that run's copy (marked same_run_as), the same numbers a training would give; a spec that differs trains.
+    """
+    out = tmp_path / "results"
+    same = "r2vpo[n_epochs=20]"  # CartPole's entry has n_epochs 20: the same model as r2vpo there
+    settings = [
+        "--seeds",
+        "0",
+        "--steps",
+        "512",
+        "--eval-points",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    main(["run", "--envs", "CartPole-v1", "--algos", same, "r2vpo", "r2vpo[n_epochs=2]", *settings])
+    runs = {run["algo"]: run for run in load_runs(out)}
+    assert runs[same]["same_run_as"] == "r2vpo" and "same_run_as" not in runs["r2vpo"]
+    assert "same_run_as" not in runs["r2vpo[n_epochs=2]"]  # another model: trained
+    np.testing.assert_array_equal(runs[same]["curve"], runs["r2vpo"]["curve"])
+    assert runs[same]["algo"] == same and "variant: n_epochs=20" in runs[same]["entry"]
+    assert "[2/2]" in capsys.readouterr().out  # two trainings, not three
+
+    # Later, a third name for the same model finds the finished run under root and copies it at once.
+    main(["run", "--envs", "CartPole-v1", "--algos", "r2vpo[gamma=0.98]", *settings])
+    assert "r2vpo[gamma=0.98] CartPole-v1 seed 0: same model as" in capsys.readouterr().out
+    copied = next(run for run in load_runs(out) if run["algo"] == "r2vpo[gamma=0.98]")
+    assert copied["same_run_as"] in ("r2vpo", same)
+    np.testing.assert_array_equal(copied["curve"], runs["r2vpo"]["curve"])
+    # ...and the copy is what training it would give (seeded, one thread): train it for real and compare.
+    trained = run_one(RunSpec("r2vpo[gamma=0.98]", "CartPole-v1", 0, 512, 1, 1), tmp_path / "trained")
+    assert trained["final_return"] == copied["final_return"]
+
+
 def test_normalisation_and_rliable_on_hand_made_scores():
     assert normalize(RANDOM_SCORES["Hopper-v5"], "Hopper-v5") == pytest.approx(0.0)
     assert normalize(REFERENCE_SCORES["Hopper-v5"], "Hopper-v5") == pytest.approx(1.0)

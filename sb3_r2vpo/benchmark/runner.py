@@ -8,6 +8,7 @@ finished resumes from its last complete checkpoint, and one without any is disca
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -584,9 +585,12 @@ def run_all(
     specs: list[RunSpec], root: Path, jobs: int = 1, ray_address: str | None = None, ray_retries: int = 3
 ) -> list[tuple[RunSpec, str]]:
     """
-    Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped. A spec whose model is
-    another spec's (``r2vpo-matched`` where our entry is PPO's) is not trained again: it gets a copy of that
-    run once it has finished, marked ``same_run_as``.
+    Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped. A spec that builds the
+    same model as another run of the same task, seed and schedule is not trained again: it gets a copy of that run
+    once it has finished, marked ``same_run_as``. The other run is its matched twin (``r2vpo-matched`` where our
+    entry is PPO's), another spec of this call (a variant that changes nothing on this task, e.g.
+    ``r2vpo[variance_target=0.04]`` where the entry's δ is 0.04), or a finished run under ``root`` (a candidate
+    file whose entry for this task is r2vpo.yml's): seeded and single-threaded, both would train bit for bit alike.
 
     :param ray_address: Instead of local processes, run each spec as a task on the Ray cluster at this address
         (``"auto"``: the one this machine belongs to; a process that already called ``ray.init`` uses its
@@ -609,10 +613,18 @@ def run_all(
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; {len(todo)} to go", flush=True)
     pending = set(todo)
     sources, copies_waiting, copies_now = {}, {}, []
-    for spec in todo:
+    trained_by_model: dict[tuple, RunSpec] = {}  # the spec of this call that trains each model
+    models = _Models()
+    # Where several specs build one model, the plain algorithm trains and the variants and files get its copy.
+    for spec in sorted(todo, key=lambda spec: "[" in spec.algo or "@" in spec.algo):
         source_algo = same_run_as(spec.algo, spec.env_id)
         source = replace(spec, algo=source_algo) if source_algo else None
+        model = models.key(spec)
+        if source is None and model is not None:
+            source = trained_by_model.get(model) or _finished_run_of_the_same_model(spec, root, models)
         if source is None:
+            if model is not None:
+                trained_by_model[model] = spec
             continue
         if source in pending:
             sources[spec] = copies_waiting[spec] = source
@@ -644,6 +656,42 @@ def run_all(
         if disconnect:
             ray.shutdown()
     return failures
+
+
+class _Models:
+    """What makes two runs the same run, read once per ``run_all`` call (hyperparameter files may change between)."""
+
+    @functools.cache  # noqa: B019 (one instance per call: the cache goes with it)
+    def effective(self, algo: str, env_id: str) -> tuple | None:
+        """``configure(algo, env_id).effective()``, or ``None`` where ``algo`` cannot be built (a file since removed)."""
+        from sb3_r2vpo.benchmark.algorithms import configure
+
+        try:
+            return configure(algo, env_id).effective()
+        except ValueError:
+            return None
+
+    def key(self, spec: RunSpec) -> tuple | None:
+        """The model as built, the task, the seed and the schedule: everything but the name."""
+        effective = self.effective(spec.algo, spec.env_id)
+        if effective is None:
+            return None
+        return (effective, *(value for key, value in spec.settings().items() if key != "algo"))
+
+
+def _finished_run_of_the_same_model(spec: RunSpec, root: Path, models: _Models) -> RunSpec | None:
+    """A finished run under ``root``, named otherwise, that builds the same model on the same task, seed and schedule."""
+    model = models.key(spec)
+    for result_file in sorted((root / "runs" / spec.env_id).glob(f"*/seed{spec.seed}/result.json")):
+        other = replace(spec, algo=json.loads(result_file.read_text())["algo"])
+        if other.algo == spec.algo or models.key(other) != model:
+            continue
+        try:
+            if is_finished(other, root):
+                return other
+        except ValueError:  # made with another budget or schedule, or under arguments that changed since
+            continue
+    return None
 
 
 def load_runs(root: Path, named_before: bool = False) -> list[dict]:
