@@ -32,7 +32,7 @@ from sb3_r2vpo.benchmark.report import (
     steps_to_reach,
     write_report,
 )
-from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_one
+from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, recorded_arguments, run_one
 from sb3_r2vpo.r2vpo.r2vpo import R2VPO_DEFAULTS
 
 
@@ -512,7 +512,11 @@ def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, mo
     )["overrides"] == {"replay_rollouts": 4, "variance_center": "start"}
     assert script.rename(tmp_path, "former.yml", dry_run=False) == []  # a second pass finds nothing left
     # The former names come back on request (to redraw an older table); a later run under that name gives way.
-    write("r2vpo")  # a run of the new entry
+    new_run = write("r2vpo")  # a run of the new entry, as the runner records it
+    result = json.loads((new_run / "result.json").read_text())
+    result["arguments"] = recorded_arguments(configure("r2vpo", "CartPole-v1"))
+    (new_run / "result.json").write_text(json.dumps(result))
+    assert script.rename(tmp_path, "former.yml", dry_run=True) == []  # made since the change: it stays
     now = sorted((run["env_id"], run["algo"]) for run in load_runs(tmp_path))
     before = sorted((run["env_id"], run["algo"]) for run in load_runs(tmp_path, named_before=True))
     assert ("CartPole-v1", "r2vpo@former.yml") in now and ("CartPole-v1", "r2vpo") in now
@@ -522,6 +526,13 @@ def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, mo
     ]
     shown = [run for run in load_runs(tmp_path, named_before=True) if (run["env_id"], run["algo"]) == ("CartPole-v1", "r2vpo")]
     assert len(shown) == 1 and shown[0]["named_before"] == "r2vpo"  # the renamed run, not the new one
-    write("ppo-matched")  # reads r2vpo.yml too, with no from-file form: refused, not guessed
-    with pytest.raises(ValueError, match="ppo-matched"):
-        script.rename(tmp_path, "former.yml", dry_run=True)
+    # ppo-matched reads r2vpo.yml too, without δ: a δ change leaves its runs alone; another change moves them to
+    # the PPO control of the former file, which builds them again.
+    matched = write("ppo-matched")
+    assert script.rename(tmp_path, "former.yml", dry_run=True) == []
+    Path("former2.yml").write_text(re.sub(r"(\nCartPole-v1:\n(?:  .*\n)*?)  n_epochs: .*\n", r"\1  n_epochs: 5\n", packaged))
+    moved = dict(script.rename(tmp_path, "former2.yml", dry_run=True))
+    assert moved[matched].parent.name == "ppo-matched@former2.yml"
+    control = configure("ppo-matched@former2.yml", "CartPole-v1")
+    assert control.algorithm.__name__ == "PPO" and control.arguments()["n_epochs"] == 5
+    assert "variance_target" not in control.arguments()

@@ -12,11 +12,13 @@ that builds it again from that file::
     runs/Hopper-v5/r2vpo-k4[variance_center=start]/seed1
       -> runs/Hopper-v5/r2vpo@benchmarks%2Fvariants%2Fr2vpo_stop23.yml[replay_rollouts=4,variance_center=start]/seed1
 
-Only runs that the two files build differently are moved (the runner's own test of "same run",
+``ppo-matched`` (PPO with r2vpo.yml's entry) moves to ``ppo-matched@<former>`` likewise. Only runs that the two
+files build differently are moved (the runner's own test of "same run",
 :meth:`RunConfig.effective`): runs of tasks whose entry did not change, variants that set every changed key
 themselves, and other algorithms stay as they are. A moved run keeps its former name in result.json's
 ``named_before``, so tables drawn before the move can be drawn again (``--named-before`` of ``report``,
-screening_table.py and multiplier_table.py).
+screening_table.py and multiplier_table.py). A run whose recorded constructor arguments are what its name builds
+today was made under the new file and stays (runs from before the runner recorded arguments are judged by name).
 
     python benchmarks/variants/name_former_entries.py --former benchmarks/variants/r2vpo_stop23.yml benchmarks/results ...
     python benchmarks/variants/name_former_entries.py --former ... --dry-run benchmarks/results
@@ -32,6 +34,7 @@ import sys
 from pathlib import Path
 
 from sb3_r2vpo.benchmark.algorithms import canonical_name, configure, parse_variant
+from sb3_r2vpo.benchmark.runner import recorded_arguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # a sibling script, not a package: importable once its folder is on the path
@@ -52,19 +55,31 @@ def former_entry_name(algo: str, env_id: str, former: str) -> str:
     The name of ``algo``'s run on ``env_id`` built from ``former`` (``algo`` itself where ``algo`` does not read the
     packaged r2vpo.yml, or builds the same run from both files).
 
-    :raise ValueError: ``ppo-matched`` on a task whose entry changed: it reads r2vpo.yml too, and has no from-file form
+    ``ppo-matched`` reads r2vpo.yml too: its runs become ``ppo-matched@<former>``.
     """
     base, overrides = parse_variant(algo)
-    if base == "ppo-matched" and not built_alike("r2vpo", f"r2vpo@{former}", env_id):
-        raise ValueError(f"{env_id}/{algo}: ppo-matched read the former r2vpo.yml entry; move or delete it by hand")
     match = _PACKAGED.match(base)
-    if match is None:
+    if base == "ppo-matched":
+        renamed = f"ppo-matched@{former}"
+    elif match is not None:
+        renamed = f"r2vpo@{former}"
+        if match["replay"]:
+            overrides = {"replay_rollouts": int(match["replay"]), **overrides}
+    else:
         return algo
-    if match["replay"]:
-        overrides = {"replay_rollouts": int(match["replay"]), **overrides}
     body = ",".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
-    name = canonical_name(f"r2vpo@{former}" + (f"[{body}]" if body else ""))
+    name = canonical_name(renamed + (f"[{body}]" if body else ""))
     return algo if built_alike(algo, name, env_id) else name
+
+
+def made_under_todays_entry(result: dict) -> bool:
+    """Whether the run's recorded constructor arguments are what its name builds today (a run made since the change)."""
+    if "arguments" not in result:  # runs from before the runner recorded them: judged by their name
+        return False
+    try:
+        return result["arguments"] == recorded_arguments(configure(result["algo"], result["env_id"]))
+    except ValueError:
+        return False
 
 
 def rename(root: Path, former: str, dry_run: bool) -> list[tuple[Path, Path]]:
@@ -72,6 +87,8 @@ def rename(root: Path, former: str, dry_run: bool) -> list[tuple[Path, Path]]:
     moved = []
     for result_file in sorted((root / "runs").glob("*/*/seed*/result.json")):
         result = json.loads(result_file.read_text())
+        if made_under_todays_entry(result):
+            continue
         new_algo = former_entry_name(result["algo"], result["env_id"], former)
         if new_algo != result["algo"]:
             result.setdefault("named_before", result["algo"])

@@ -176,19 +176,21 @@ def parse_variant(algo: str) -> tuple[str, dict[str, Any]]:
     return match["base"].strip(), overrides
 
 
-# R2VPO from another hyperparameter file: ``r2vpo@path/to/file.yml``.
+# R2VPO from another hyperparameter file: ``r2vpo@path/to/file.yml``; its PPO control: ``ppo-matched@path/to/file.yml``.
 FROM_FILE = "r2vpo@"
+MATCHED_FROM_FILE = "ppo-matched@"
 
 
 def _encode_file_base(base: str) -> str:
     """
-    ``r2vpo@<path>`` with the path normalised and its ``/`` written ``%2F`` (``%`` as ``%25``): the name is a
-    folder of the results (``runs/<task>/<name>/seed<S>``), which a ``/`` would split.
+    ``r2vpo@<path>`` (or ``ppo-matched@<path>``) with the path normalised and its ``/`` written ``%2F`` (``%`` as
+    ``%25``): the name is a folder of the results (``runs/<task>/<name>/seed<S>``), which a ``/`` would split.
     """
-    if not base.startswith(FROM_FILE):
+    prefix = next((prefix for prefix in (FROM_FILE, MATCHED_FROM_FILE) if base.startswith(prefix)), None)
+    if prefix is None:
         return base
-    path = os.path.normpath(base[len(FROM_FILE) :].strip())
-    return FROM_FILE + path.replace("%", "%25").replace("/", "%2F")
+    path = os.path.normpath(base[len(prefix) :].strip())
+    return prefix + path.replace("%", "%25").replace("/", "%2F")
 
 
 def canonical_name(algo: str) -> str:
@@ -216,7 +218,8 @@ def configure(algo: str, env_id: str) -> RunConfig:
     - ``ppo`` / ``trpo``: rl_zoo3's own ppo.yml / trpo.yml entry (-v4 or -v2 entry for a -v5 task);
     - ``r2vpo-matched``: R2VPO with exactly PPO's entry, the clip replaced by the brake (library δ);
     - ``ppo-matched``, its mirror: SB3's PPO with our ``r2vpo.yml`` entry, R2VPO's own arguments dropped and
-      the ``clip_range`` of PPO's zoo entry (SB3's default where that entry sets none);
+      the ``clip_range`` of PPO's zoo entry (SB3's default where that entry sets none); ``ppo-matched@<file>``
+      the same with another file's entry (the PPO control of an ``r2vpo@<file>`` candidate);
     - ``spo``: PPO's entry with SPO's loss (ε = 0.2) in place of the clip.
 
     :raise ValueError: An unknown algorithm, a malformed variant, a key the algorithm does not accept, or a
@@ -239,16 +242,21 @@ def configure(algo: str, env_id: str) -> RunConfig:
     return dataclasses.replace(config, overrides={**config.overrides, **parsed}, entry=f"{config.entry}; variant: {changes}")
 
 
-def _configure_from_file(algo: str, env_id: str) -> RunConfig:
-    """``r2vpo@<file>``: R2VPO from the task's entry of ``<file>``, its keys checked against R2VPO's arguments."""
-    shown = unquote(algo[len(FROM_FILE) :].strip())
+def _entry_from_file(algo: str, prefix: str, env_id: str) -> tuple[Preset, str]:
+    """The task's entry of the file named in ``<prefix><file>``, and its description; one-line errors."""
+    shown = unquote(algo[len(prefix) :].strip())
     path = Path(shown)
     if not shown or not path.is_file():
         raise ValueError(f"{algo}: no hyperparameter file {shown!r} (paths are relative to the working directory)")
     try:
-        preset, entry = preset_for(env_id, path, shown_as=shown)
+        return preset_for(env_id, path, shown_as=shown)
     except ValueError as error:  # a YAML error spans several lines
         raise ValueError(" ".join(str(error).split())) from None
+
+
+def _configure_from_file(algo: str, env_id: str) -> RunConfig:
+    """``r2vpo@<file>``: R2VPO from the task's entry of ``<file>``, its keys checked against R2VPO's arguments."""
+    preset, entry = _entry_from_file(algo, FROM_FILE, env_id)
     accepted = set(constructor_parameters(R2VPO)) - set(_RUNNER_ARGUMENTS)
     unknown = sorted(set(preset.model_kwargs) - accepted)
     if unknown:
@@ -264,6 +272,20 @@ def _replay_count(algo: str) -> int:
     return int(count)
 
 
+def _ppo_matched(env_id: str, ours: Preset, our_entry: str) -> RunConfig:
+    """SB3's PPO with an R2VPO entry (``ours``): R2VPO's own arguments dropped, the clip of PPO's zoo entry."""
+    zoo, zoo_entry = preset_for(env_id, zoo_hyperparams_file("ppo"))
+    kwargs = {key: value for key, value in ours.model_kwargs.items() if key not in r2vpo_only_arguments()}
+    if "clip_range" in zoo.model_kwargs:
+        kwargs["clip_range"] = zoo.model_kwargs["clip_range"]
+        clip = f"clip_range of {zoo_entry}"
+    else:
+        kwargs.pop("clip_range", None)
+        clip = f"SB3's default clip_range ({zoo_entry} sets none)"
+    ours = dataclasses.replace(ours, model_kwargs=kwargs)
+    return RunConfig(ours, PPO, {}, f"{our_entry} without R2VPO's arguments, {clip}")
+
+
 def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "r2vpo" or algo.startswith("r2vpo-k"):
         preset, entry = preset_for(env_id, None)
@@ -271,6 +293,8 @@ def _configure_base(algo: str, env_id: str) -> RunConfig:
         return RunConfig(preset, R2VPO, overrides, entry)
     if algo.startswith(FROM_FILE):
         return _configure_from_file(algo, env_id)
+    if algo.startswith(MATCHED_FROM_FILE):
+        return _ppo_matched(env_id, *_entry_from_file(algo, MATCHED_FROM_FILE, env_id))
     if algo == "trpo":
         from sb3_contrib import TRPO
 
@@ -280,17 +304,7 @@ def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "ppo":
         return RunConfig(preset, PPO, {}, entry)
     if algo == "ppo-matched":
-        ours, our_entry = preset_for(env_id, None)
-        r2vpo_only = r2vpo_only_arguments()
-        kwargs = {key: value for key, value in ours.model_kwargs.items() if key not in r2vpo_only}
-        if "clip_range" in preset.model_kwargs:
-            kwargs["clip_range"] = preset.model_kwargs["clip_range"]
-            clip = f"clip_range of {entry}"
-        else:
-            kwargs.pop("clip_range", None)
-            clip = f"SB3's default clip_range ({entry} sets none)"
-        ours = dataclasses.replace(ours, model_kwargs=kwargs)
-        return RunConfig(ours, PPO, {}, f"{our_entry} without R2VPO's arguments, {clip}")
+        return _ppo_matched(env_id, *preset_for(env_id, None))
     without_clip = {key: value for key, value in preset.model_kwargs.items() if key != "clip_range"}
     preset = dataclasses.replace(preset, model_kwargs=without_clip)
     if algo == "r2vpo-matched":
@@ -298,7 +312,8 @@ def _configure_base(algo: str, env_id: str) -> RunConfig:
     if algo == "spo":
         return RunConfig(preset, SPO, {}, entry + " (clip replaced by SPO's loss, ε=0.2)")
     raise ValueError(
-        f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo@<file.yml>, r2vpo-matched, ppo, ppo-matched, trpo, spo"
+        f"unknown algorithm {algo!r}; known: r2vpo, r2vpo-k<K>, r2vpo@<file.yml>, r2vpo-matched, ppo, ppo-matched, "
+        "ppo-matched@<file.yml>, trpo, spo"
     )
 
 
