@@ -499,3 +499,18 @@ def test_replay_minibatches_mix_ages_and_carry_independently_recomputed_rows():
             values[name].append(float(ratio[mask].double().var(unbiased=False)) if int(mask.sum()) >= 2 else math.nan)
     for name, series in values.items():
         assert model.logger.name_to_value[f"train/ratio_variance_{name}"] == pytest.approx(np.nanmean(series), rel=1e-4)
+
+
+def test_the_rollout_variance_refuses_a_buffer_not_yet_flattened():
+    """
+    The final policy's full-rollout variance reads the buffer in SB3's flattened layout: asked before ``get()``
+    flattened it (a programming error), it says so instead of reading rows in the wrong order.
+    """
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, seed=0)
+    assert not model.rollout_buffer.generator_ready
+    with pytest.raises(RuntimeError, match=r"must have been flattened by get\(\) before its variance is measured"):
+        next(model._rollout_chunks(None))
+    model.learn(16)  # one update: the buffer is flattened by then, and the chunks cover it in order
+    assert model.rollout_buffer.generator_ready
+    chunks = list(model._rollout_chunks(None))
+    assert sum(len(chunk.actions) for chunk in chunks) == 16
