@@ -421,3 +421,24 @@ def test_set_parameters_carries_the_multiplier(tmp_path):
         warnings.filterwarnings("error", message=".*lagrange_multiplier")
         loaded = R2VPO.load(tmp_path / "older.zip")
     assert loaded.lagrange_multiplier == source.lagrange_multiplier
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_learn_passes_progress_bar_to_sb3(monkeypatch, progress_bar):
+    """learn(progress_bar=True) shows SB3's progress bar, as PPO's does (the demo relies on it); False shows none."""
+    import stable_baselines3.common.base_class as base_class
+    from stable_baselines3.common.callbacks import ProgressBarCallback
+
+    made = []
+
+    class RecordingProgressBar(ProgressBarCallback):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(base_class, "ProgressBarCallback", RecordingProgressBar)
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.learn(32, progress_bar=progress_bar)
+    assert len(made) == int(progress_bar)
+    if progress_bar:
+        assert made[0].num_timesteps == 32  # it followed the training
