@@ -18,7 +18,7 @@ import torch as th
 pytest.importorskip("rliable", reason="the benchmark extra is not installed")
 pytest.importorskip("sb3_contrib", reason="the benchmark extra is not installed")
 
-from sb3_r2vpo.benchmark.__main__ import _runs_to_report, main
+from sb3_r2vpo.benchmark.__main__ import _pooled_runs, _runs_to_report, main
 from sb3_r2vpo.benchmark.algorithms import same_run_as
 from sb3_r2vpo.benchmark.baselines import SPO
 from sb3_r2vpo.benchmark.envs import DRIFTING_PENDULUM, register_envs
@@ -422,6 +422,21 @@ def test_variants_run_side_by_side_and_the_report_names_them(tmp_path, capsys):
         _runs_to_report(load_runs(out), None, candidate)
     with pytest.raises(ValueError, match="no runs of ppo"):
         _runs_to_report(load_runs(out), ["ppo"], "r2vpo")
+
+    # Several folders are pooled (two sets of seeds); the same run in two of them is refused, not counted twice.
+    other_seeds = tmp_path / "more"
+    for folder in (out / "runs").glob("*/*/seed0"):
+        target = other_seeds / "runs" / folder.parent.parent.name / folder.parent.name / "seed1"
+        target.mkdir(parents=True)
+        result = json.loads((folder / "result.json").read_text())
+        (target / "result.json").write_text(json.dumps({**result, "seed": 1}))
+        (target / "curve.csv").write_text((folder / "curve.csv").read_text())
+    pooled = _pooled_runs([out, other_seeds], named_before=False)
+    assert len(pooled) == 2 * len(load_runs(out)) and {run["seed"] for run in pooled} == {0, 1}
+    main(["report", "--out", str(out), str(other_seeds), "--report-dir", str(tmp_path / "pooled"), "--reps", "50"])
+    assert f"`{out.as_posix()} + {other_seeds.as_posix()}/runs/`" in (tmp_path / "pooled" / "REPORT.md").read_text()
+    with pytest.raises(ValueError, match="in both"):
+        _pooled_runs([out, out], named_before=False)
 
 
 def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):

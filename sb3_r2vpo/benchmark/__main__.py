@@ -1,7 +1,7 @@
 """
 python -m sb3_r2vpo.benchmark run [--suite quick|mujoco] [--envs ...] [--algos ...] [--seeds ...] [--steps N]
                                   [--jobs J | --ray ADDRESS] [--checkpoint-every N] [--out benchmarks/results]
-python -m sb3_r2vpo.benchmark report [--out benchmarks/results] [--report-dir benchmarks] [--algos ...] [--ours NAME]
+python -m sb3_r2vpo.benchmark report [--out benchmarks/results ...] [--report-dir benchmarks] [--algos ...] [--ours NAME]
 python -m sb3_r2vpo.benchmark overhead [--envs CartPole-v1 Pendulum-v1] [--repeats 7] [--out FILE.json]
 
 `run` skips finished runs and resumes killed ones from their last checkpoint (taken every --checkpoint-every
@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     report = commands.add_parser("report", help="aggregate finished runs into REPORT.md and plots")
-    report.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    report.add_argument(
+        "--out",
+        type=Path,
+        nargs="+",
+        default=[Path("benchmarks/results")],
+        help="results folder(s); several are pooled (e.g. two sets of fresh seeds), none may hold a run another does",
+    )
     report.add_argument("--report-dir", type=Path, default=Path("benchmarks"))
     report.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     report.add_argument(
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         from sb3_r2vpo.benchmark.report import write_report
 
         try:
-            runs, ours = _runs_to_report(load_runs(args.out, args.named_before), args.algos, args.ours)
+            runs, ours = _runs_to_report(_pooled_runs(args.out, args.named_before), args.algos, args.ours)
         except ValueError as error:
             parser.exit(2, f"{parser.prog}: error: {error}\n")
         path = write_report(
@@ -145,10 +151,23 @@ def main(argv: list[str] | None = None) -> None:
             args.report_dir,
             "python -m sb3_r2vpo.benchmark " + shlex.join(argv),
             args.reps,
-            runs_dir=args.out.as_posix(),
+            runs_dir=" + ".join(out.as_posix() for out in args.out),
             ours_name=ours,
         )
         print(f"wrote {path}")
+
+
+def _pooled_runs(roots: list[Path], named_before: bool) -> list[dict]:
+    """The finished runs of every folder in ``roots``; a run (algorithm, task, seed) in two of them is refused."""
+    runs, seen = [], {}
+    for root in roots:
+        for run in load_runs(root, named_before):
+            key = (run["algo"], run["env_id"], run["seed"])
+            if key in seen:
+                raise ValueError(f"{key[0]} on {key[1]} seed {key[2]} is in both {seen[key]} and {root}: pool disjoint seeds")
+            seen[key] = root
+            runs.append(run)
+    return runs
 
 
 def _runs_to_report(runs: list[dict], algos: list[str] | None, ours: str) -> tuple[list[dict], str]:
