@@ -30,6 +30,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 from sb3_r2vpo.benchmark.algorithms import canonical_name
 from sb3_r2vpo.benchmark.runner import RunSpec, load_runs, run_all
@@ -184,13 +185,18 @@ def _runs_to_report(runs: list[dict], algos: list[str] | None, ours: str) -> tup
     available = {run["algo"] for run in runs}
     wanted = None if algos is None else {canonical_name(algo) for algo in algos} | {ours}
     missing = sorted((wanted or {ours}) - available)
-    if missing:
-        raise ValueError(f"no runs of {', '.join(missing)} in the results; algorithms there: {', '.join(sorted(available))}")
+    if missing:  # named as typed (a file's "/" not written %2F)
+        raise ValueError(
+            f"no runs of {', '.join(map(unquote, missing))} in the results; "
+            f"algorithms there: {', '.join(sorted(map(unquote, available)))}"
+        )
     if wanted is not None:
         runs = [run for run in runs if run["algo"] in wanted]
     if ours != OURS:
         if any(run["algo"] == OURS for run in runs):
-            raise ValueError(f"--ours {ours}: leave {OURS}'s own runs out with --algos, or both would be called {OURS}")
+            raise ValueError(
+                f"--ours {unquote(ours)}: leave {OURS}'s own runs out with --algos, or both would be called {OURS}"
+            )
         runs = [{**run, "algo": OURS} if run["algo"] == ours else run for run in runs]
     return runs, ours
 

@@ -247,7 +247,7 @@ def _entry_from_file(algo: str, prefix: str, env_id: str) -> tuple[Preset, str]:
     shown = unquote(algo[len(prefix) :].strip())
     path = Path(shown)
     if not shown or not path.is_file():
-        raise ValueError(f"{algo}: no hyperparameter file {shown!r} (paths are relative to the working directory)")
+        raise ValueError(f"{unquote(algo)}: no hyperparameter file {shown!r} (paths are relative to the working directory)")
     try:
         return preset_for(env_id, path, shown_as=shown)
     except ValueError as error:  # a YAML error spans several lines

@@ -13,6 +13,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import matplotlib
 import numpy as np
@@ -712,8 +713,9 @@ def write_report(
         "",
         f"R2VPO is `{OURS}`; variants (`{OURS}[key=value,...]`, `{OURS}-k<K>`) are rows of their own."
         if ours_name == OURS
-        else f"R2VPO is the candidate `{ours_name}` (`--ours`): its runs are the rows and columns named `{OURS}` in "
-        f"every table and plot below; the packaged `{OURS}`'s own runs are not in this report.",
+        else f"R2VPO is the candidate `{unquote(ours_name)}` (`--ours`; stored as `{ours_name}`): its runs are the rows "
+        f"and columns named `{OURS}` in every table and plot below; the packaged `{OURS}`'s own runs are not in this "
+        "report.",
         "",
         "## Main comparison",
         "",
