@@ -35,6 +35,12 @@ th.set_num_threads(1)
         (dict(dual_step_size=-1.0), ValueError, r"`dual_step_size` must be a finite number > 0"),
         (dict(dual_step_clip=0.0), ValueError, r"`dual_step_clip` must be a finite number > 0"),
         (
+            dict(dual_step_clip="1"),
+            TypeError,
+            r"`dual_step_clip` must be a number, a pair \(down, up\) of numbers, or None, got str$",
+        ),
+        (dict(dual_step_clip=(1.0, "10")), TypeError, r"`dual_step_clip\[1\]` must be a number, got str$"),
+        (
             dict(lagrange_multiplier_min=10.0, lagrange_multiplier_max=1.0),
             ValueError,
             r"must be smaller than `lagrange_multiplier_max`",
