@@ -2,6 +2,7 @@
 
 import inspect
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -93,6 +94,18 @@ def test_buffer_of_one_sample_is_refused():
 def test_truncated_minibatch_warns():
     with pytest.warns(UserWarning, match="not a multiple of batch_size=48"):
         R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=48)
+
+
+def test_minibatch_larger_than_the_rollout_warns_with_the_samples_an_update_has():
+    with pytest.warns(UserWarning, match=r"batch_size=256 exceeds the samples of an update \(n_steps \* n_envs = 64\)"):
+        R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=256)
+    # The replay's stale rollouts count: 2 rollouts of 64 fill no 256-sample minibatch ...
+    with pytest.warns(UserWarning, match=r"\(1 \+ replay_rollouts=1\) = 128\): every epoch is a single minibatch of 128"):
+        R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=256, replay_rollouts=1)
+    # ... 4 do, exactly: no warning (SB3's PPO would warn about the one fresh rollout here).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=256, replay_rollouts=3)
 
 
 def test_valid_edge_values_are_accepted():

@@ -497,7 +497,7 @@ class R2VPOMixin:
         """Store the (validated) arguments and the model state, after the base class's ``__init__``."""
         if self.env is not None:
             # warnings point at the line that built the model: here, the algorithm's __init__, its wrapper, the caller
-            self._check_env_arguments(batch_size, stacklevel=5)
+            self._check_env_arguments(batch_size, int(replay_rollouts), stacklevel=5)
         # sb3-contrib's PPO variants store PPO's clip (their constructors give it a default); R2VPO has none.
         self.__dict__.pop("clip_range", None)
 
@@ -536,23 +536,30 @@ class R2VPOMixin:
         self._finite_gradient_steps = 0
         self._nonfinite_gradient_steps = 0
 
-    def _check_env_arguments(self, batch_size: int, stacklevel: int) -> None:
-        """The checks that need the env: its action space, and the rollout size against ``batch_size``."""
+    def _check_env_arguments(self, batch_size: int, replay_rollouts: int, stacklevel: int) -> None:
+        """The checks that need the env: its action space, and an update's sample count against ``batch_size``.
+
+        An update trains on the fresh rollout and, once the replay is full, ``replay_rollouts`` stale ones: the
+        warnings compare ``batch_size`` with those ``n_steps * n_envs * (1 + replay_rollouts)`` samples, since the
+        replay is one way to fill a minibatch larger than one rollout.
+        """
         self._check_action_space(self.action_space)
         buffer_size = self.env.num_envs * self.n_steps
         if buffer_size < 2:
             raise ValueError(f"`n_steps * n_envs` must be at least 2, got n_steps={self.n_steps}, n_envs={self.env.num_envs}")
-        if batch_size > buffer_size:
+        update_size = buffer_size * (1 + replay_rollouts)
+        counted = "n_steps * n_envs" + (f" * (1 + replay_rollouts={replay_rollouts})" if replay_rollouts else "")
+        if batch_size > update_size:
             warnings.warn(
-                f"batch_size={batch_size} exceeds the rollout buffer (n_steps * n_envs = {buffer_size}): "
-                f"every epoch is a single minibatch of {buffer_size} samples.",
+                f"batch_size={batch_size} exceeds the samples of an update ({counted} = {update_size}): "
+                f"every epoch is a single minibatch of {update_size} samples.",
                 stacklevel=stacklevel,
             )
-        elif buffer_size % batch_size > 0:
+        elif update_size % batch_size > 0:
             warnings.warn(
-                f"The rollout buffer holds n_steps * n_envs = {buffer_size} samples, not a multiple of "
-                f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {buffer_size % batch_size}. "
-                "Prefer a batch_size that divides n_steps * n_envs.",
+                f"An update trains on {counted} = {update_size} samples, not a multiple of "
+                f"batch_size={batch_size}: each epoch ends with a truncated minibatch of {update_size % batch_size}. "
+                "Prefer a batch_size that divides it.",
                 stacklevel=stacklevel,
             )
 
@@ -639,7 +646,7 @@ class R2VPOMixin:
             value = getattr(self, name)
             setattr(self, name, None if value is None else convert(value))
         if self.env is not None:
-            self._check_env_arguments(self.batch_size, stacklevel=6)
+            self._check_env_arguments(self.batch_size, self.replay_rollouts, stacklevel=6)
             if self.replay_rollouts > 0:
                 self._check_replay_memory()
         self._loading = True
