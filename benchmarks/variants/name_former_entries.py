@@ -27,13 +27,12 @@ today was made under the new file and stays (runs from before the runner recorde
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import re
 import sys
 from pathlib import Path
 
-from sb3_r2vpo.benchmark.algorithms import canonical_name, configure, parse_variant
+from sb3_r2vpo.benchmark.algorithms import built_alike, canonical_name, configure, parse_variant
 from sb3_r2vpo.benchmark.runner import recorded_arguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,12 +41,6 @@ from name_former_defaults import _yaml, move_run
 
 # The bases that read the packaged r2vpo.yml; r2vpo-k<K> is r2vpo with replay_rollouts=K.
 _PACKAGED = re.compile(r"^r2vpo(-k(?P<replay>\d+))?$")
-
-
-@functools.cache
-def built_alike(first: str, second: str, env_id: str) -> bool:
-    """Whether algorithms ``first`` and ``second`` build the same run on ``env_id`` (seeded: the same numbers)."""
-    return configure(first, env_id).effective() == configure(second, env_id).effective()
 
 
 def former_entry_name(algo: str, env_id: str, former: str) -> str:

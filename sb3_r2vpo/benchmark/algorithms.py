@@ -323,6 +323,11 @@ MATCHED_TWINS = {"r2vpo-matched": "r2vpo", "ppo-matched": "ppo"}
 
 # Cached: it reads the YAML files (~0.16 s) and the answer is the same for every seed of a task.
 @functools.cache
+def built_alike(first: str, second: str, env_id: str) -> bool:
+    """Whether algorithms ``first`` and ``second`` build the same model on ``env_id`` (seeded: the same numbers)."""
+    return configure(first, env_id).effective() == configure(second, env_id).effective()
+
+
 def same_run_as(algo: str, env_id: str) -> str | None:
     """
     ``"r2vpo"`` when ``r2vpo-matched`` on ``env_id`` would be R2VPO's own run: our entry is PPO's (clip removed,
@@ -331,6 +336,4 @@ def same_run_as(algo: str, env_id: str) -> str | None:
     ``None`` otherwise.
     """
     twin = MATCHED_TWINS.get(algo)
-    if twin is None:
-        return None
-    return twin if configure(algo, env_id).effective() == configure(twin, env_id).effective() else None
+    return twin if twin is not None and built_alike(algo, twin, env_id) else None

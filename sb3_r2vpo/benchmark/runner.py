@@ -587,10 +587,11 @@ def run_all(
     """
     Run every unfinished spec, ``jobs`` processes at a time; finished runs are skipped. A spec that builds the
     same model as another run of the same task, seed and schedule is not trained again: it gets a copy of that run
-    once it has finished, marked ``same_run_as``. The other run is its matched twin (``r2vpo-matched`` where our
-    entry is PPO's), another spec of this call (a variant that changes nothing on this task, e.g.
-    ``r2vpo[variance_target=0.04]`` where the entry's δ is 0.04), or a finished run under ``root`` (a candidate
-    file whose entry for this task is r2vpo.yml's): seeded and single-threaded, both would train bit for bit alike.
+    once it has finished, marked ``same_run_as``. The other run is another spec of this call (the plain algorithm
+    that a matched twin builds, e.g. ``r2vpo`` for ``r2vpo-matched`` where our entry is PPO's; a variant that changes
+    nothing on this task, e.g. ``r2vpo[variance_target=0.04]`` where the entry's δ is 0.04), or a finished run under
+    ``root`` (a candidate file whose entry for this task is r2vpo.yml's): seeded and single-threaded, both would
+    train bit for bit alike.
 
     :param ray_address: Instead of local processes, run each spec as a task on the Ray cluster at this address
         (``"auto"``: the one this machine belongs to; a process that already called ``ray.init`` uses its
@@ -600,7 +601,7 @@ def run_all(
     :raise ValueError: In one line, before anything is trained or written: bad specs, Ray not installed, or no
         Ray cluster at ``ray_address``
     """
-    from sb3_r2vpo.benchmark.algorithms import same_run_as
+    from sb3_r2vpo.benchmark.algorithms import MATCHED_TWINS
 
     ray = None if ray_address is None else _import_ray()
     validate_specs(specs)
@@ -615,16 +616,18 @@ def run_all(
     sources, copies_waiting, copies_now = {}, {}, []
     trained_by_model: dict[tuple, RunSpec] = {}  # the spec of this call that trains each model
     models = _Models()
-    # Where several specs build one model, the plain algorithm trains and the variants and files get its copy.
-    for spec in sorted(todo, key=lambda spec: "[" in spec.algo or "@" in spec.algo):
-        source_algo = same_run_as(spec.algo, spec.env_id)
-        source = replace(spec, algo=source_algo) if source_algo else None
+
+    def derived(spec: RunSpec) -> bool:  # a variant, a file or a matched twin: named after another algorithm
+        return "[" in spec.algo or "@" in spec.algo or spec.algo in MATCHED_TWINS
+
+    # Where several specs build one model, the plain algorithm trains and the others get its copy.
+    for spec in sorted(todo, key=derived):
         model = models.key(spec)
-        if source is None and model is not None:
-            source = trained_by_model.get(model) or _finished_run_of_the_same_model(spec, root, models)
+        if model is None:
+            continue
+        source = trained_by_model.get(model) or _finished_run_of_the_same_model(spec, root, models)
         if source is None:
-            if model is not None:
-                trained_by_model[model] = spec
+            trained_by_model[model] = spec
             continue
         if source in pending:
             sources[spec] = copies_waiting[spec] = source
