@@ -1,6 +1,7 @@
 """The benchmark runner: runs and curves, resume after a kill, the report, and its statistics on hand-made scores."""
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -482,17 +483,21 @@ def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
     assert script.rename(tmp_path, dry_run=False) == []  # a second pass finds nothing left to name
 
 
+def _variants_script(name: str):
+    """A script of benchmarks/variants (not a package), loaded as a module."""
+    path = Path(__file__).parents[1] / "benchmarks" / "variants" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, monkeypatch):
     """benchmarks/variants/name_former_entries.py: runs made under a changed r2vpo.yml entry move to r2vpo@<former>."""
-    import importlib.util
-
     from sb3_r2vpo.benchmark.algorithms import configure
     from sb3_r2vpo.presets import hyperparams_path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "variants" / "name_former_entries.py"
-    spec = importlib.util.spec_from_file_location("name_former_entries", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _variants_script("name_former_entries")
 
     # The "former" file: the packaged one with CartPole's δ changed (Hopper's entry the same).
     packaged = Path(hyperparams_path()).read_text()
@@ -551,3 +556,13 @@ def test_runs_of_a_former_entry_are_named_by_the_file_they_ran_with(tmp_path, mo
     control = configure("ppo-matched@former2.yml", "CartPole-v1")
     assert control.algorithm.__name__ == "PPO" and control.arguments()["n_epochs"] == 5
     assert "variance_target" not in control.arguments()
+
+
+def test_multiplier_recovery_counts_each_violation_stretch_in_rollouts():
+    """benchmarks/variants/multiplier_recovery.py: a stretch is a maximal run of updates with V̂ > δ, open ones included."""
+    script = _variants_script("multiplier_recovery")
+    target = np.array([0.01, 0.01, 0.01, 0.02, 0.02, 0.02, 0.01, 0.01])
+    variance = np.array([0.005, 0.03, 0.011, 0.02, 0.05, 0.001, 0.02, 0.5])
+    # over δ at updates 1-2 (two rollouts), 4 (one; 0.02 is not over 0.02) and 6-7 (still open at the end)
+    assert script.violation_stretches(variance, target) == [(1, 2), (4, 1), (6, 2)]
+    assert script.violation_stretches(variance * 0, target) == []
