@@ -2,7 +2,8 @@
 
 Prints every ``--every``-th update: env steps, the mean training return of the last 100 episodes, the policy's
 entropy, approx. KL, the clipped share (PPO's ``clip_fraction``; R2VPO's ``ratio_outside_clip``), R2VPO's final
-ratio variance V̂, the critic's explained variance and its value loss.
+ratio variance V̂, the critic's explained variance, its value loss and the rollout's advantage standard deviation
+before normalisation (the scale ``normalize_advantage`` divides by).
 
     python benchmarks/variants/update_trace.py r2vpo CartPole-v1 16 50000 [--every 4]
 """
@@ -42,13 +43,14 @@ def main() -> None:
         logged = model.logger.name_to_value
         logged["clipped"] = logged.get("train/clip_fraction", logged.get("train/ratio_outside_clip", np.nan))
         recent = np.mean([info["r"] for info in model.ep_info_buffer]) if model.ep_info_buffer else np.nan
-        rows.append((model.num_timesteps, recent, *(float(logged.get(key, np.nan)) for key in KEYS)))
+        advantage_std = float(np.std(model.rollout_buffer.advantages))
+        rows.append((model.num_timesteps, recent, *(float(logged.get(key, np.nan)) for key in KEYS), advantage_std))
 
     model.train = train_and_record
     model.learn(total_timesteps=args.steps)
     print(f"{args.algo} {args.env_id} seed {args.seed}")
-    print("| steps | train return | entropy | approx KL | clipped | V̂ final | explained var. | value loss |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| steps | train return | entropy | approx KL | clipped | V̂ final | explained var. | value loss | advantage std |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for steps, recent, entropy_loss, *rest in rows[:: args.every] + rows[-1:]:
         print(f"| {steps} | {recent:.1f} | {-entropy_loss:.3f} | " + " | ".join(f"{value:.4f}" for value in rest) + " |")
 
