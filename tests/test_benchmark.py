@@ -485,10 +485,14 @@ def test_runs_of_the_former_defaults_are_named_by_their_arguments(tmp_path):
 
 def _variants_script(name: str):
     """A script of benchmarks/variants (not a package), loaded as a module."""
-    path = Path(__file__).parents[1] / "benchmarks" / "variants" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    folder = Path(__file__).parents[1] / "benchmarks" / "variants"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    sys.path.insert(0, str(folder))  # as when run as a script: its siblings (per_update.py) import by name
+    try:
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(folder))
     return script
 
 
@@ -566,3 +570,16 @@ def test_multiplier_recovery_counts_each_violation_stretch_in_rollouts():
     # over δ at updates 1-2 (two rollouts), 4 (one; 0.02 is not over 0.02) and 6-7 (still open at the end)
     assert script.violation_stretches(variance, target) == [(1, 2), (4, 1), (6, 2)]
     assert script.violation_stretches(variance * 0, target) == []
+
+
+def test_per_update_traces_record_what_each_update_logged():
+    """benchmarks/variants/per_update.py: one record per update, read from the logger that learn() set up."""
+    from sb3_r2vpo import R2VPO
+
+    record_updates = _variants_script("per_update").record_updates
+    model = R2VPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0)
+    rows = record_updates(model, lambda logged: (model.num_timesteps, logged["train/lagrange_multiplier"]))
+    model.learn(total_timesteps=192)
+    assert [steps for steps, _ in rows] == [64, 128, 192]
+    assert all(np.isfinite(multiplier) and multiplier > 0 for _, multiplier in rows)
+    assert rows[-1][1] == pytest.approx(model.lagrange_multiplier)

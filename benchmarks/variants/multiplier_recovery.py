@@ -17,6 +17,7 @@ import argparse
 
 import numpy as np
 import torch as th
+from per_update import record_updates
 
 from sb3_r2vpo.presets import get_preset
 from sb3_r2vpo.r2vpo.objective import stationary_multiplier
@@ -44,22 +45,15 @@ def violation_stretches(variance: np.ndarray, target: np.ndarray) -> list[tuple[
 def trace(env_id: str, seed: int, steps: int, overrides: dict) -> dict[str, np.ndarray]:
     """Per-update V̂ (final policy, whole rollout), δ, λ and λ's lower bound of one seeded run."""
     model = get_preset(env_id).make_model(seed=seed, **overrides)
-    rows = []
-    train = model.train
-
-    def train_and_record() -> None:
-        train()
-        logged = model.logger.name_to_value
-        rows.append(
-            (
-                logged["train/ratio_variance_final"],
-                logged["train/variance_target"],
-                model.lagrange_multiplier,
-                logged["train/lagrange_multiplier_lower_bound"],
-            )
-        )
-
-    model.train = train_and_record
+    rows = record_updates(
+        model,
+        lambda logged: (
+            logged["train/ratio_variance_final"],
+            logged["train/variance_target"],
+            model.lagrange_multiplier,
+            logged["train/lagrange_multiplier_lower_bound"],
+        ),
+    )
     model.learn(total_timesteps=steps)
     variance, target, multiplier, lower = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
     return {"variance": variance, "target": target, "multiplier": multiplier, "lower": lower}

@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 import torch as th
+from per_update import record_updates
 
 from sb3_r2vpo.benchmark.algorithms import configure
 
@@ -35,18 +36,15 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)  # small MLPs: one thread is fastest
     model = configure(args.algo, args.env_id).make_model(args.seed)
-    rows = []
-    train = model.train
 
-    def train_and_record() -> None:
-        train()
-        logged = model.logger.name_to_value
-        logged["clipped"] = logged.get("train/clip_fraction", logged.get("train/ratio_outside_clip", np.nan))
+    def row(logged: dict) -> tuple:
+        clipped = logged.get("train/clip_fraction", logged.get("train/ratio_outside_clip", np.nan))
         recent = np.mean([info["r"] for info in model.ep_info_buffer]) if model.ep_info_buffer else np.nan
         advantage_std = float(np.std(model.rollout_buffer.advantages))
-        rows.append((model.num_timesteps, recent, *(float(logged.get(key, np.nan)) for key in KEYS), advantage_std))
+        values = {**logged, "clipped": clipped}
+        return (model.num_timesteps, recent, *(float(values.get(key, np.nan)) for key in KEYS), advantage_std)
 
-    model.train = train_and_record
+    rows = record_updates(model, row)
     model.learn(total_timesteps=args.steps)
     print(f"{args.algo} {args.env_id} seed {args.seed}")
     print("| steps | train return | entropy | approx KL | clipped | V̂ final | explained var. | value loss | advantage std |")
