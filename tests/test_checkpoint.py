@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,19 @@ def test_a_checkpoint_without_its_files_is_not_taken_as_complete(tmp_path):
     assert runner.load_checkpoint(spec, folder) is None
     (folder / CHECKPOINT_FILE).write_text('{"run": ')  # a torn manifest (not written atomically elsewhere)
     assert runner.load_checkpoint(spec, folder) is None
+
+
+def test_a_checkpoint_under_benchmarks_is_not_git_ignored():
+    # A run killed with a session resumes in the next one only from what was committed; a checkpoint whose model
+    # zip git ignores (the repository ignores *.zip) came back without it and its run started again from 0.
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    folder = RunSpec("r2vpo", "Hopper-v5", 1, 1_000_000, 20, 10).folder(root / "benchmarks" / "mujoco-1m")
+    names = [CHECKPOINT_FILE, "checkpoint-200192.zip", "vecnormalize-200192.pkl"]
+    paths = [str((folder / name).relative_to(root)) for name in names]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
+    assert ignored.returncode == 1 and not ignored.stdout, f"git ignores {ignored.stdout.split()}"
+    # ... while a run in progress's temporary files stay out of the repository
+    partial = str((folder / "checkpoint-200192.zip.partial").relative_to(root))
+    assert subprocess.run(["git", "check-ignore", "-q", partial], cwd=root).returncode == 0
