@@ -29,7 +29,8 @@ torch:
 		$(PY) -m pip install -q "$(TORCH)"; \
 	elif $(PY) -m pip install -q --timeout $(TORCH_CPU_INDEX_TIMEOUT) --retries $(TORCH_CPU_INDEX_RETRIES) \
 			"$(TORCH)" --index-url $(TORCH_CPU_INDEX); then \
-		echo "no GPU: torch $$($(PY) -c 'from importlib.metadata import version; print(version("torch"))') (CPU index first)"; \
+		echo "no GPU: torch $$($(PY) -c 'from importlib.metadata import version; print(version("torch"))')" \
+			"(asked from the CPU index, or pip's own configured sources where it cannot be reached; +cpu: the CPU build)"; \
 	else \
 		echo "no GPU, and $(TORCH_CPU_INDEX) cannot be reached: $(TORCH) from the default index" \
 			"(on Linux PyPI's build is the CUDA one; it runs on a CPU too)"; \

@@ -358,6 +358,8 @@ def test_drifting_pendulum_evaluation_spans_the_whole_cycle():
         (["--algos", "r2vpo-k-1"], "r2vpo-k<K> needs a whole number K >= 1"),
         (["--algos", "r2vpo-kx"], "r2vpo-k<K> needs a whole number K >= 1"),
         (["--jobs", "0"], "--jobs must be a whole number >= 1, got 0"),
+        (["--seeds", "3", "-1"], "--seeds must be whole numbers >= 0, got -1"),
+        (["--jobs", "2", "--ray", "auto"], "--jobs and --ray exclude each other"),
     ],
 )
 def test_bad_run_arguments_are_one_line_errors_before_anything_is_written(tmp_path, capsys, arguments, message):
@@ -368,6 +370,15 @@ def test_bad_run_arguments_are_one_line_errors_before_anything_is_written(tmp_pa
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_seed_or_task_named_twice_is_one_run_and_every_seed_is_trained(tmp_path, capsys):
+    # Reported: `--seeds 0 1 0` trained seed 1 only (the repeat counted as a copy of itself) and exited 0.
+    out = tmp_path / "results"
+    args = ["--envs", "CartPole-v1", "CartPole-v1", "--algos", "r2vpo", "--seeds", "0", "1", "0"]
+    main(["run", *args, "--steps", "256", "--eval-points", "1", "--eval-episodes", "1", "--jobs", "1", "--out", str(out)])
+    assert "0 of 2 runs already finished; 2 to go" in capsys.readouterr().out
+    assert sorted(run["seed"] for run in load_runs(out)) == [0, 1]
 
 
 def test_budget_rounds_up_once_to_whole_rollouts_and_evaluates_as_asked(tmp_path, capsys):

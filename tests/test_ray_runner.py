@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,9 @@ def test_a_ray_cluster_writes_the_results_local_processes_write(tmp_path, ray_ad
     files = sorted(path.relative_to(tmp_path / "ray") for path in (tmp_path / "ray").rglob("*") if path.is_file())
     assert files == sorted(path.relative_to(tmp_path / "local") for path in (tmp_path / "local").rglob("*") if path.is_file())
     assert {path.name for path in files} == {"curve.csv", "result.json"}  # no checkpoint left behind
+    for path in files:  # written byte for byte as a local run writes them (curve.csv's CRLF line ends too)
+        ours, theirs = (tmp_path / "ray" / path).read_bytes(), (tmp_path / "local" / path).read_bytes()
+        assert ours.count(b"\r\n") == theirs.count(b"\r\n") and ours.count(b"\n") == theirs.count(b"\n")
 
     # The same command again: everything is finished, Ray is not even needed.
     main(["run", *SUITE, "--ray", ray_address, "--out", str(tmp_path / "ray")])
@@ -123,4 +127,20 @@ def test_ray_not_installed_names_the_extra(tmp_path, monkeypatch, capsys):
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and 'pip install "sb3-r2vpo[ray]"' in error
+    assert not out.exists()
+
+
+def test_a_folder_named_ray_is_not_taken_for_ray(tmp_path, monkeypatch, capsys):
+    # Run from /tmp, `import ray` finds Ray's own temp folder /tmp/ray: an empty namespace package, not Ray.
+    folder = tmp_path / "ray"
+    folder.mkdir()
+    namespace = types.ModuleType("ray")
+    namespace.__path__ = [str(folder)]  # what `import ray` gives for a bare folder ray/ on sys.path
+    monkeypatch.setitem(sys.modules, "ray", namespace)
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", *SUITE, "--ray", "auto", "--out", str(out)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and 'pip install "sb3-r2vpo[ray]"' in error and str(folder) in error
     assert not out.exists()

@@ -43,20 +43,22 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m sb3_r2vpo.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="train and evaluate (resumable)")
-    run.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    # Defaults in --help: a user who leaves out --seeds should see that five seeds run, two at a time.
+    defaults = _DefaultsInHelp
+    run = commands.add_parser("run", help="train and evaluate (resumable)", formatter_class=defaults)
+    run.add_argument("--suite", choices=sorted(SUITES), default="quick", help="the tasks and their step budgets")
     run.add_argument("--envs", nargs="+", default=None, help="override the suite's tasks")
     run.add_argument(
         "--algos", nargs="+", default=list(ALGORITHMS), help="algorithms or variants, e.g. 'r2vpo[variance_target=0.02]'"
     )
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    run.add_argument("--steps", type=int, default=None, help="override every task's budget")
-    run.add_argument("--eval-points", type=int, default=20)
-    run.add_argument("--eval-episodes", type=int, default=10)
-    run.add_argument("--jobs", type=int, default=2, help="local processes at a time (not with --ray)")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (whole numbers >= 0), one run each")
+    run.add_argument("--steps", type=int, default=None, help="override every task's budget (env steps)")
+    run.add_argument("--eval-points", type=int, default=20, help="evaluations along each run, after step 0's")
+    run.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes per evaluation")
+    run.add_argument("--jobs", type=int, default=None, help="local processes at a time, not with --ray (default: 2)")
     run.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_non_negative,
         default=5,
         help="checkpoint each run after every N evaluations, to resume it there if it is killed (0: never)",
     )
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument(
         "--ray-retries", type=_non_negative, default=3, help="times Ray retries a run whose worker or node is lost"
     )
-    run.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    run.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     report = commands.add_parser("report", help="aggregate finished runs into REPORT.md and plots")
     report.add_argument(
         "--out",
@@ -118,9 +120,15 @@ def main(argv: list[str] | None = None) -> None:
 
             register_envs()
             check_env_ids(envs)  # a typo is one line and nothing is written, as in every entry point
-            if args.jobs < 1:
+            if args.jobs is not None and args.jobs < 1:
                 raise ValueError(f"--jobs must be a whole number >= 1, got {args.jobs}")
+            if args.jobs is not None and args.ray is not None:
+                raise ValueError("--jobs and --ray exclude each other: on Ray, the cluster's CPUs set how many run at once")
+            # A task, seed or algorithm named twice is one run (a repeat would otherwise count as its own copy).
             algos = list(dict.fromkeys(canonical_name(algo) for algo in args.algos))
+            envs, seeds = list(dict.fromkeys(envs)), list(dict.fromkeys(args.seeds))
+            if min(seeds) < 0:  # gymnasium refuses it only inside a worker, after the folder was made
+                raise ValueError(f"--seeds must be whole numbers >= 0, got {min(seeds)}")
             specs = [
                 RunSpec(
                     algo,
@@ -131,11 +139,11 @@ def main(argv: list[str] | None = None) -> None:
                     args.eval_episodes,
                     args.checkpoint_every,
                 )
-                for seed in args.seeds
+                for seed in seeds
                 for env_id in envs
                 for algo in algos
             ]
-            failures = run_all(specs, args.out, args.jobs, ray_address=args.ray, ray_retries=args.ray_retries)
+            failures = run_all(specs, args.out, args.jobs or 2, ray_address=args.ray, ray_retries=args.ray_retries)
         except ValueError as error:
             parser.exit(2, f"{parser.prog}: error: {error}\n")  # one line: nothing was trained or written
         if failures:
@@ -199,6 +207,13 @@ def _runs_to_report(runs: list[dict], algos: list[str] | None, ours: str) -> tup
             )
         runs = [{**run, "algo": OURS} if run["algo"] == ours else run for run in runs]
     return runs, ours
+
+
+class _DefaultsInHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, except where there is none (``None``: the help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _positive(text: str) -> int:

@@ -491,10 +491,11 @@ RESULT_FILES = ("curve.csv", "result.json")
 RAY_MISSING = '--ray needs Ray, which is not installed: pip install "sb3-r2vpo[ray]"'
 
 
-def _ray_task(spec: RunSpec, root: str, cwd: str) -> tuple[RunSpec, dict | None, str | None, dict[str, str] | None]:
+def _ray_task(spec: RunSpec, root: str, cwd: str) -> tuple[RunSpec, dict | None, str | None, dict[str, bytes] | None]:
     """
     One run as a Ray task: trained (or resumed from its checkpoint) under ``root`` on the worker's node, its
-    finished files returned. ``cwd``: the driver's working directory, where relative paths (``r2vpo@FILE``) are
+    finished files returned as bytes (the driver writes them byte for byte: curve.csv's CRLF line ends kept).
+    ``cwd``: the driver's working directory, where relative paths (``r2vpo@FILE``) are
     found when the node sees it.
     """
     if os.path.isdir(cwd):
@@ -503,7 +504,7 @@ def _ray_task(spec: RunSpec, root: str, cwd: str) -> tuple[RunSpec, dict | None,
     if error is not None:
         return spec, None, error, None
     folder = spec.folder(Path(root))
-    return spec, result, None, {name: (folder / name).read_text() for name in RESULT_FILES}
+    return spec, result, None, {name: (folder / name).read_bytes() for name in RESULT_FILES}
 
 
 def _import_ray():
@@ -512,6 +513,9 @@ def _import_ray():
         import ray
     except ImportError:
         raise ValueError(RAY_MISSING) from None
+    if not hasattr(ray, "remote"):  # a folder named ray/ (Ray's /tmp/ray from the working directory) imported instead
+        where = list(getattr(ray, "__path__", [])) or getattr(ray, "__file__", "?")
+        raise ValueError(f"{RAY_MISSING} ('import ray' found {where}, which is not Ray)")
     return ray
 
 
@@ -559,7 +563,7 @@ def _ray_runs(ray, specs: list[RunSpec], root: Path, retries: int):
             folder = spec.folder(root)
             folder.mkdir(parents=True, exist_ok=True)
             for name in RESULT_FILES:  # result.json last: the run is finished once it is there
-                _write_atomically(folder / name, files[name].encode())
+                _write_atomically(folder / name, files[name])
             remove_checkpoint(folder)
         yield spec, result, error
 
