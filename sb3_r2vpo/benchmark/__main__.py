@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     # Defaults in --help: a user who leaves out --seeds should see that five seeds run, two at a time.
-    defaults = _DefaultsInHelp
-    run = commands.add_parser("run", help="train and evaluate (resumable)", formatter_class=defaults)
+    run = commands.add_parser("run", help="train and evaluate (resumable)", formatter_class=_DefaultsInHelp)
     run.add_argument("--suite", choices=sorted(SUITES), default="quick", help="the tasks and their step budgets")
     run.add_argument("--envs", nargs="+", default=None, help="override the suite's tasks")
     run.add_argument(
