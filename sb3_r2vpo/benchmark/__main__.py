@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--jobs", type=int, default=None, help="local processes at a time, not with --ray (default: 2)")
     run.add_argument(
         "--checkpoint-every",
-        type=_non_negative,
+        type=int,
         default=5,
         help="checkpoint each run after every N evaluations, to resume it there if it is killed (0: never)",
     )
@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> None:
             # A task, seed or algorithm named twice is one run (a repeat would otherwise count as its own copy).
             algos = list(dict.fromkeys(canonical_name(algo) for algo in args.algos))
             envs, seeds = list(dict.fromkeys(envs)), list(dict.fromkeys(args.seeds))
-            if min(seeds) < 0:  # gymnasium refuses it only inside a worker, after the folder was made
-                raise ValueError(f"--seeds must be whole numbers >= 0, got {min(seeds)}")
             specs = [
                 RunSpec(
                     algo,

@@ -234,7 +234,7 @@ def check_schedule(spec: RunSpec, rollout: int, n_envs: int) -> None:
 def validate_specs(specs: list[RunSpec]) -> None:
     """
     Everything about ``specs`` that can be checked before anything trains: budgets and evaluation counts >= 1,
-    each algorithm (variant keys and values: a variant's model is built once per task) and its schedule.
+    seeds >= 0, each algorithm (variant keys and values: a variant's model is built once per task) and its schedule.
 
     :raise ValueError: In one line, for the first problem found
     """
@@ -250,6 +250,8 @@ def validate_specs(specs: list[RunSpec]) -> None:
         every = spec.checkpoint_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"--checkpoint-every must be a whole number >= 0 (0: never), got {every}")
+        if spec.seed < 0:  # gymnasium refuses it only inside a worker, after the run's folder was made
+            raise ValueError(f"--seeds must be whole numbers >= 0, got {spec.seed}")
     built = set()
     for spec in specs:
         config = configure(spec.algo, spec.env_id)
